@@ -7,6 +7,16 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #8363ba35
+# %% ../nbs/99_all.ipynb #a8e0f507
 from fastai.vision.all import *
 from .core import *
+from .data import *
+from .layers import *
+from .generator import *
+from .encoder import *
+from .discriminator import *
+from .losses import *
+from .pix2pix import *
+from .learner import *
+from .inference import *
+from .metrics import *
