@@ -1,0 +1,136 @@
+"""The installed console scripts, run as a user runs them: subprocesses on a tiny generated land-cover set.
+
+Everything is tiny (12 tiles of 32x32 pixels, networks of width 8, one or two epochs) so that the whole file runs in
+well under two minutes on two CPU cores. Most bad input is checked in-process through the commands' functions (they
+raise `CliError`), which is faster; two subprocesses check the exit status and the message without a traceback."""
+import json, os, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+import rasterio, torch
+from PIL import Image
+from fastcore.script import CliError
+from gaugan_fastai.data import make_landcover_demo, read_georef, LANDCOVER_CLASSES
+from gaugan_fastai.inference import load_synthesizer
+from gaugan_fastai.metrics import data_loaders, train_segmenter
+from gaugan_fastai.cli import gaugan_train, gaugan_generate, gaugan_evaluate, data_source
+
+BIN = Path(sys.executable).parent
+TINY = ['--size', '32', '--bs', '4', '--ngf', '8', '--ndf', '8', '--no-vgg', '--workers', '0', '--device', 'cpu']
+
+def run(command, *args, cwd, ok=True):
+    "Run the console script `command`; check it succeeded (or failed, with `ok=False`); return the finished process."
+    exe = BIN/command
+    assert exe.exists(), f"{exe} is not installed: run `pip install -e .` in the environment"
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
+    p = subprocess.run([str(exe), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if ok: assert p.returncode == 0, f"{command} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    else: assert p.returncode != 0, f"{command} should have failed:\n{p.stdout}\n{p.stderr}"
+    return p
+
+@pytest.fixture(scope='module')
+def work(tmp_path_factory):
+    "A folder holding `data` (the tiny land-cover set) and `model.pth` trained on it for one epoch by gaugan-train."
+    d = tmp_path_factory.mktemp('cli')
+    make_landcover_demo(d/'data', n=12, size=32)
+    p = run('gaugan-train', 'data', '--epochs', '1', '--out', 'model.pth', *TINY, cwd=d)
+    assert 'arcgis layout' in p.stdout, p.stdout  # the layout was recognised without --format
+    return d
+
+@pytest.fixture(scope='module')
+def segmenter(work):
+    "A segmenter file for the tiny set, trained for one epoch in-process (gaugan-evaluate's default trains 30)."
+    factory, kwargs = data_source(work/'data')
+    dls = data_loaders(factory, work/'data', size=32, bs=4, num_workers=0, device='cpu', **kwargs)
+    return train_segmenter(dls, epochs=1, path=work/'seg.pth')
+
+def test_train_writes_model_and_checkpoint(work):
+    synth = load_synthesizer(work/'model.pth', 'cpu')
+    assert synth.size == (32, 32) and synth.codes == LANDCOVER_CLASSES
+    assert (work/'checkpoints'/'gaugan_0.pth').is_file()
+
+def _weights(fn): return torch.load(fn, map_location='cpu', weights_only=False)['model']
+
+def test_resume_continues_from_the_newest_checkpoint(work):
+    epoch0 = _weights(work/'checkpoints'/'gaugan_0.pth')
+    p = run('gaugan-train', 'data', '--epochs', '2', '--resume', '--out', 'resumed.pth', *TINY, cwd=work)
+    assert 'epochs 2..2' in p.stdout, p.stdout
+    assert (work/'checkpoints'/'gaugan_1.pth').is_file() and (work/'resumed.pth').is_file()
+    after = _weights(work/'checkpoints'/'gaugan_0.pth')  # epoch 0 was skipped, not trained again
+    assert all(torch.equal(epoch0[k], after[k]) for k in epoch0)
+    epoch1 = _weights(work/'checkpoints'/'gaugan_1.pth')  # and epoch 1 trained on from it
+    assert not all(torch.equal(epoch0[k], epoch1[k]) for k in epoch0 if k.startswith('generator'))
+
+def test_generate_geotiff_and_png(work):
+    labels = sorted((work/'data'/'labels').glob('*.tif'))[:2]
+    lab = Image.fromarray(np.kron(np.array([[1, 2], [3, 6]], np.uint8), np.ones((24, 20), np.uint8)))
+    lab.save(work/'plain.png')  # the data set's label values in a PNG, 48x40: read with its reader, resized
+    p = run('gaugan-generate', 'model.pth', *labels, 'plain.png', '--n', '2', '--seed', '1', '--out', 'gen', cwd=work)
+    files = sorted((work/'gen').iterdir())
+    assert [f.name for f in files] == ['000000000_0.tif', '000000000_1.tif', '000000001_0.tif', '000000001_1.tif',
+                                       'plain_0.png', 'plain_1.png'], p.stdout
+    assert "plain.png: 48x40 label map resized to the model's 32x32" in p.stdout
+    for f, tile in zip(files[:4:2], labels):
+        with rasterio.open(f) as src: assert (src.count, src.height, src.width) == (3, 32, 32)
+        assert read_georef(f) == read_georef(tile)  # the image lies on the label tile's ground
+    assert Image.open(files[4]).size == (32, 32) and Image.open(files[4]).mode == 'RGB'
+    a, b = (np.asarray(Image.open(f)) for f in files[4:])
+    assert not np.array_equal(a, b)  # two style codes, two images
+
+def test_generate_with_style_and_seed_is_reproducible(work):
+    "In-process (the command's function): the same seed and style photo give the same image; another photo another."
+    label = work/'data'/'labels'/'000000003.tif'
+    files = [gaugan_generate(work/'model.pth', [label], style=work/'data'/'images'/f'00000000{i}.tif', seed=0,
+                             out=work/out, device='cpu')[0] for i, out in ((4, 's1'), (4, 's2'), (5, 's3'))]
+    a, b, c = (rasterio.open(f).read() for f in files)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+def test_bench_prints_one_json_line(tmp_path):
+    p = run('gaugan-bench', '--size', '32', '--bs', '2', '--ngf', '8', '--no-vgg', '--no-vae', '--iters', '1', '--warmup', '1',
+            '--device', 'cpu', cwd=tmp_path)
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 1, p.stdout
+    res = json.loads(lines[0])
+    assert res['size'] == 32 and res['bs'] == 2 and res['device'] == 'cpu'
+    assert res['train_images_per_s'] > 0 and res['peak_memory_gb'] > 0 and res['generate_latency_ms'] > 0
+
+def test_evaluate_writes_json(work, segmenter):
+    p = run('gaugan-evaluate', 'model.pth', 'data', '--out', 'scores.json', '--segmenter', 'seg.pth', '--bs', '4',
+            '--n-diversity', '2', '--workers', '0', '--device', 'cpu', cwd=work)
+    res = json.loads((work/'scores.json').read_text())
+    assert res['split'] == 'valid' and res['n_images'] == 2  # 20% of 12 tiles, rounded down
+    assert 0 <= res['miou'] <= 1 and 0 <= res['real_miou'] <= 1
+    assert 'mIoU (generated)' in p.stdout and 'Scores written to scores.json' in p.stdout
+
+def _clear_error(p, *words, one_line=True):
+    "A failed command printed no Python traceback, and a message starting with the command's name and `words`."
+    assert 'Traceback (most recent call last)' not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    if one_line: assert len(lines) == 1, p.stderr
+    for w in words: assert w in lines[0], p.stderr
+
+def test_errors_are_clear_without_traceback(work):
+    _clear_error(run('gaugan-train', 'nowhere', *TINY, cwd=work, ok=False), 'gaugan-train: error:', 'nowhere does not exist')
+    (work/'notes.txt').write_text('x')
+    _clear_error(run('gaugan-generate', 'notes.txt', 'plain.png', cwd=work, ok=False), # the message may quote torch.load's
+                 'gaugan-generate: error:', 'notes.txt is not a model file', one_line=False)
+
+def test_bad_input_in_process(work, tmp_path):
+    "The messages of the library's checks, through the commands' Python functions."
+    with pytest.raises(CliError, match='gaugan-evaluate: error: .*missing.pth does not exist'):
+        gaugan_evaluate(tmp_path/'missing.pth', work/'data')
+    with pytest.raises(CliError, match='no known data layout'): gaugan_train(tmp_path)
+    (tmp_path/'labels').mkdir(); (tmp_path/'images').mkdir()
+    with pytest.raises(CliError, match='name no classes: pass --codes'): gaugan_train(tmp_path)
+    with pytest.raises(CliError, match='not in the pix2pix layout'): gaugan_train(work/'data', format='pix2pix')
+    label = work/'data'/'labels'/'000000000.tif'
+    with pytest.raises(CliError, match=r'label map .*nothing\.png does not exist'):
+        gaugan_generate(work/'model.pth', [label, work/'nothing.png'], out=tmp_path/'g', device='cpu')
+    assert not (tmp_path/'g').exists()  # checked before anything is generated
+    Image.fromarray(np.full((32, 32), 9, np.uint8)).save(tmp_path/'nine.png')
+    with pytest.raises(CliError, match=r'nine\.png: label values \[9\] are not among the class values'):
+        gaugan_generate(work/'model.pth', [tmp_path/'nine.png'], out=tmp_path/'g', device='cpu')
+    with pytest.raises(CliError, match='style image .*none.tif does not exist'):
+        gaugan_generate(work/'model.pth', [label], style=tmp_path/'none.tif', out=tmp_path/'g', device='cpu')
+    (tmp_path/'cmp').mkdir(); (tmp_path/'cmp'/'cmp_b0001.jpg').touch()
+    with pytest.raises(CliError, match='do not apply to cmp data'): gaugan_train(tmp_path/'cmp', codes=['a'])
