@@ -7,7 +7,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #41a2a3a2
 from __future__ import annotations
-import json, math, warnings
+import json, math, random, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -26,8 +26,8 @@ __all__ = ['IGNORE_INDEX', 'IGNORE_COLOR', 'GEOTIFF_SUFFIXES', 'IMAGE_SUFFIXES',
            'LabelMap', 'InstanceMap', 'PILLabelMap', 'PILInstanceMap', 'default_palette', 'colorize_labels',
            'read_raster', 'raster_size', 'LabelReader', 'ImageReader', 'InstanceReader', 'Sample', 'read_georef',
            'save_geotiff', 'AddLabelInfo', 'default_num_workers', 'default_load_size', 'check_samples',
-           'SpadeDataLoaders', 'instance_edges', 'semantic_input', 'show_batch', 'pair_files', 'read_label_names',
-           'read_arcgis_classes', 'dataset_value_range', 'make_landcover_demo', 'class_color_stats']
+           'ReproducibleDL', 'SpadeDataLoaders', 'instance_edges', 'semantic_input', 'show_batch', 'pair_files',
+           'read_label_names', 'read_arcgis_classes', 'dataset_value_range', 'make_landcover_demo', 'class_color_stats']
 
 # %% ../nbs/01_data.ipynb #330a3ec6
 IGNORE_INDEX = 255  # class id of dontcare / nodata pixels: no one-hot channel, ignored by every loss
@@ -277,6 +277,21 @@ def check_samples(samples:list, # `Sample`s to check
                          (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
 
 # %% ../nbs/01_data.ipynb #23de971b
+class ReproducibleDL(TfmdDL):
+    "`TfmdDL` whose item transforms draw from a random state seeded by the loader's `rng`, not the global `random`."
+    def create_batches(self, samps):
+        # runs in the main process, or in each worker on its copy of the loader (`self.offs` is the worker's id)
+        state = random.Random(f"{self.rng.randint(0, 2**32 - 1)}-{self.offs}").getstate()
+        batches = super().create_batches(samps)
+        while True:
+            outer = random.getstate()
+            random.setstate(state)
+            try: b = next(batches)
+            except StopIteration: return
+            finally: state = random.getstate(); random.setstate(outer)
+            yield b
+
+# %% ../nbs/01_data.ipynb #0fc8b4c8
 class SpadeDataLoaders(DataLoaders):
     "`DataLoaders` of `(LabelMap, TensorImage)` batches (or `(LabelMap, InstanceMap, TensorImage)`) for GauGAN."
     @property
@@ -301,7 +316,7 @@ class SpadeDataLoaders(DataLoaders):
                      load_size:int|tuple|None=None, # resize to this before cropping; default `default_load_size`
                      flip:bool=True, # random horizontal flips (training set only)
                      valid_pct:float=0.2, # share of samples for validation, when no `splitter`
-                     seed:int|None=None, # seed of the random split
+                     seed:int|None=None, # seed of the random split, the batch order and the crops and flips
                      splitter:Callable|None=None, # fastai splitter over `samples`, overrides `valid_pct`
                      bs:int=8, # batch size
                      num_workers:int|None=None, # loader processes, default `default_num_workers()`
@@ -336,7 +351,9 @@ class SpadeDataLoaders(DataLoaders):
                            batch_tfms=list(batch_tfms or []) + [Normalize.from_stats([0.5]*3, [0.5]*3)])
         device = get_device(device)
         dls = dblock.dataloaders(samples, bs=bs, num_workers=ifnone(num_workers, default_num_workers()),
-                                 device=device, path=path, **kwargs)
+                                 device=device, path=path, dl_type=ReproducibleDL, **kwargs)
+        if seed is not None:
+            for i, dl in enumerate(dls.loaders): dl.rng = random.Random(f"{seed}-{i}")
         return cls(*dls.loaders, path=path, device=device)
 
 # %% ../nbs/01_data.ipynb #1fa7b16d
