@@ -274,14 +274,6 @@ def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
             'generate_latency_ms': round(1000 * float(np.median(times[warmup:])), 2)}
 
 # %% ../nbs/09_inference.ipynb #f347c3a6
-def _plot_losses(learn, fn):
-    "Plot the smoothed generator and critic losses that fastai's `GANTrainer` records."
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for losses, name in ((learn.gan_trainer.gen_losses, 'generator'), (learn.gan_trainer.crit_losses, 'critic')):
-        ax.plot([float(l) for l in losses], label=name)
-    ax.set_xlabel('steps of that network'); ax.set_ylabel('smoothed loss'); ax.legend()
-    fig.tight_layout(); fig.savefig(fn, dpi=80); plt.close(fig)
-
 def validation_fidelity(learn:GauGANLearner, # a trained learner
                         seed:int=0 # seed of the random styles
                        )->dict:
@@ -323,7 +315,8 @@ def run_demo(out:str|Path='gaugan-demo', # folder for the data, pictures, model 
     train_seconds = time.time() - start
     learn.show_results(max_n=4, seed=seed, figsize=(6, 8))
     plt.savefig(out/'samples.png', dpi=80); plt.close('all')
-    _plot_losses(learn, out/'losses.png')
+    learn.plot_losses()
+    plt.savefig(out/'losses.png', dpi=80); plt.close('all')
     model = learn.export_synthesizer('landcover.pth')
     fidelity = validation_fidelity(learn, seed)
     report = {'settings': dict(n_tiles=n_tiles, bs=bs, epochs=epochs, lr=lr, ndf=ndf, vgg=False, precision=precision,

@@ -18,6 +18,7 @@ from fastai.vision.gan import GANModule, GANTrainer, FixedGANSwitcher, AdaptiveG
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.tracker import SaveModelCallback
+from matplotlib.ticker import MaxNLocator
 from .core import *
 from .data import semantic_input, colorize_labels
 from .generator import SPADEGenerator
@@ -280,6 +281,18 @@ class GauGANLearner(Learner):
                 axs[i, j].imshow(ims[i]); axs[i, j].axis('off')
                 if i == 0: axs[i, j].set_title(title)
         plt.tight_layout()
+
+    def plot_losses(self, ax:plt.Axes|None=None, # axes to draw on; default a new figure
+                    figsize:tuple=(5, 2.6)): # size of the new figure
+        "Plot the smoothed generator and discriminator (critic) losses of the last `fit`, each against its own step."
+        gen, crit = getattr(self.gan_trainer, 'gen_losses', []), getattr(self.gan_trainer, 'crit_losses', [])
+        if not gen and not crit: raise ValueError("No losses recorded: train the learner first (e.g. `learn.fit(1)`)")
+        if ax is None: _, ax = plt.subplots(figsize=figsize, layout='tight')
+        for losses, name in ((gen, 'generator'), (crit, 'discriminator')):
+            ax.plot(range(1, len(losses) + 1), [float(l) for l in losses], label=name)
+        ax.set_xlabel('training step of that network'); ax.set_ylabel('smoothed loss'); ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        return ax
 
     def resume(self)->int:
         "Load the newest checkpoint (models and optimizer state); return the epoch to continue from."
