@@ -75,7 +75,8 @@ def vgg19_imagenet_state_dict(weights_path:str|Path|None=None # a saved torchvis
             f"Could not get the ImageNet VGG19 weights for the VGG perceptual loss: they are not in the torch hub cache "
             f"({cached}) and downloading {weights.url} failed ({type(e).__name__}: {e}). Either download that file on a "
             f"machine with internet and copy it to {cached} (or point $TORCH_HOME at a folder whose hub/checkpoints "
-            f"holds it), or pass its path as `weights_path=`, or train without the VGG loss (lambda_vgg=0).") from e
+            f"holds it), or pass its path as `weights_path=`, or train without the VGG loss (the reference's "
+            f"lambda_vgg=0): `gaugan_learner(..., vgg=False)`, `gaugan-train --no-vgg` on the command line.") from e
 
 # %% ../nbs/06_losses.ipynb #fd8f9f27
 class VGG19Features(nn.Module):
