@@ -7,16 +7,19 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #a8e0f507
+# %% ../nbs/99_all.ipynb #6995de97
 from fastai.vision.all import *
-from .core import *
-from .data import *
-from .layers import *
-from .generator import *
-from .encoder import *
-from .discriminator import *
-from .losses import *
-from .pix2pix import *
-from .learner import *
-from .inference import *
-from .metrics import *
+from gaugan_fastai.core import *
+from gaugan_fastai.data import *
+from gaugan_fastai.layers import *
+from gaugan_fastai.generator import *
+from gaugan_fastai.encoder import *
+from gaugan_fastai.discriminator import *
+from gaugan_fastai.losses import *
+from gaugan_fastai.pix2pix import *
+from gaugan_fastai.learner import *
+from gaugan_fastai.inference import *
+from gaugan_fastai.metrics import *
+
+# %% ../nbs/99_all.ipynb #de391ece
+__all__ = [name for name in dir() if not name.startswith('_')]
