@@ -66,7 +66,7 @@ class GauGANSynthesizer:
         ims = []
         for im in items:
             if isinstance(im, Image.Image): im = np.array(im.convert('RGB'))
-            if isinstance(im, np.ndarray): im = torch.as_tensor(im).permute(2, 0, 1)
+            if isinstance(im, np.ndarray): im = torch.as_tensor(np.array(im)).permute(2, 0, 1)  # a copy: may be read-only
             im = plain(torch.as_tensor(im)).cpu()
             im = im.float() / 255 if im.dtype == torch.uint8 else im.float()
             if im.ndim != 3 or im.shape[0] != 3 or tuple(im.shape[1:]) != self.size:
