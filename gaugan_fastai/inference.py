@@ -127,7 +127,9 @@ def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save
     fname = Path(fname)
     if not fname.is_file(): raise FileNotFoundError(f"Model file {fname} does not exist")
     try: saved = torch.load(fname, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f"{fname} is not a model file written by gaugan_fastai: {e}") from e
+    except Exception as e: # torch.load's messages run to many lines: keep the first, the rest stays in the chain
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{fname} is not a model file written by gaugan_fastai: {reason}") from e
     if not isinstance(saved, dict) or saved.get('format') != 'gaugan_fastai.synthesizer/1':
         raise ValueError(f"{fname} is not a model file written by gaugan_fastai (no 'gaugan_fastai.synthesizer/1' format tag)")
     generator = conditional_generator(**saved['settings'])
