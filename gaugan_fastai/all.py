@@ -11,6 +11,7 @@ __all__ = []
 from fastai.vision.all import *
 from gaugan_fastai.core import *
 from gaugan_fastai.data import *
+from gaugan_fastai.formats import *
 from gaugan_fastai.layers import *
 from gaugan_fastai.generator import *
 from gaugan_fastai.encoder import *
@@ -19,7 +20,9 @@ from gaugan_fastai.losses import *
 from gaugan_fastai.pix2pix import *
 from gaugan_fastai.learner import *
 from gaugan_fastai.inference import *
+from gaugan_fastai.bench import *
 from gaugan_fastai.metrics import *
+from gaugan_fastai.demo import *
 
 # %% ../nbs/99_all.ipynb #de391ece
 __all__ = [name for name in dir() if not name.startswith('_')]

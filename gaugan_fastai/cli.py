@@ -12,23 +12,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning) # fastai's, at import
-import numpy as np
-import torch, torch.nn.functional as F
-from PIL import Image
 from fastcore.basics import ifnone
 from fastcore.script import call_parse, CliError
-from fastai.data.transforms import RandomSplitter
 from fastprogress.fastprogress import progress_bar
 from .core import *
-from .data import IGNORE_INDEX, GEOTIFF_SUFFIXES, LabelReader, ImageReader, read_georef
+from .data import GEOTIFF_SUFFIXES, read_georef
+from .formats import DATA_FORMATS, detect_format, data_loaders
 from .learner import gaugan_learner, NonFiniteLossError
 from .losses import VGGLoss
-from .inference import GauGANSynthesizer, load_synthesizer, save_image, bench_gaugan, run_demo
-from .metrics import data_loaders, evaluate_model, format_scores
+from .inference import load_synthesizer, save_image
+from .bench import bench_gaugan
+from .metrics import evaluate_model, format_scores
+from .demo import run_demo
 
 # %% auto #0
-__all__ = ['DATA_LAYOUTS', 'DEMO_MINUTES', 'user_errors', 'detect_format', 'data_source', 'defaults_of', 'gaugan_train',
-           'read_label_map', 'read_style', 'gaugan_generate', 'gaugan_demo', 'gaugan_bench', 'gaugan_evaluate']
+__all__ = ['DEMO_MINUTES', 'user_errors', 'given', 'defaults_of', 'gaugan_train', 'gaugan_generate', 'gaugan_demo',
+           'gaugan_bench', 'gaugan_evaluate']
 
 # %% ../nbs/15_cli.ipynb #e25810ed
 @contextmanager
@@ -40,46 +39,9 @@ def user_errors(command:str # the command's name, which starts the message
         raise CliError(f"{command}: error: {e}") from e
 
 # %% ../nbs/15_cli.ipynb #5436056f
-DATA_LAYOUTS = {
-    'folders': "labels/ and images/ folders of same-named files (needs --codes and/or --values)",
-    'cmp': "raw CMP Facades: cmp_b*.jpg photos and .png label maps, in the folder or its base/",
-    'pix2pix': "pix2pix facades: train/*.jpg (and val/*.jpg), photo and colour label map side by side",
-    'arcgis': "ArcGIS Classified Tiles export: images/ and labels/ plus esri_accumulated_stats.json or a .emd",
-}
-_FACTORIES = {'folders': 'folders', 'cmp': 'cmp_facades', 'pix2pix': 'cmp_facades', 'arcgis': 'arcgis'}
-
-def detect_format(path:str|Path # a data set's folder
-                 )->str:
-    "The name (a key of `DATA_LAYOUTS`) of the layout of the data set in `path`."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path} does not exist")
-    if not path.is_dir(): raise NotADirectoryError(f"{path} is not a folder")
-    if (path/'images').is_dir() and (path/'labels').is_dir():
-        return 'arcgis' if (path/'esri_accumulated_stats.json').is_file() or any(path.glob('*.emd')) else 'folders'
-    if any(path.glob('cmp_*.jpg')) or any(path.glob('base/cmp_*.jpg')): return 'cmp'
-    if any(path.glob('train/*.jpg')): return 'pix2pix'
-    raise ValueError(f"{path}: no known data layout (" + "; ".join(f"{k}: {v}" for k, v in DATA_LAYOUTS.items()) + ")")
-
-def data_source(path:str|Path, # a data set's folder
-                format:str|None=None, # a key of `DATA_LAYOUTS`; `None` to detect it
-                codes:list|None=None, # class names (folders, or to override an ArcGIS export's)
-                values:list|None=None, # label value of each class (folders, ArcGIS)
-                valid_pct:float=0.2, # share of the samples held out for validation (not for pix2pix's own split)
-                seed:int=0 # seed of the random split
-               )->tuple: # (factory name for `data_loaders`, its keyword arguments)
-    "How to read the data set in `path`: its data-module factory and the class and split arguments to pass."
-    if format is not None and format not in DATA_LAYOUTS:
-        raise ValueError(f"unknown data format {format!r}: use one of {', '.join(DATA_LAYOUTS)}")
-    found = detect_format(path)
-    fmt = ifnone(format, found)
-    if fmt in ('cmp', 'pix2pix') and found != fmt: raise ValueError(f"{path} is not in the {fmt} layout ({DATA_LAYOUTS[fmt]})")
-    if fmt == 'folders' and codes is None and values is None:
-        raise ValueError(f"{path}: plain label/image folders name no classes: pass --codes and/or --values")
-    if fmt in ('cmp', 'pix2pix') and (codes or values):
-        raise ValueError(f"--codes/--values do not apply to {fmt} data, whose classes are fixed")
-    kwargs = {k: list(v) for k, v in dict(codes=codes, values=values).items() if v is not None}
-    if fmt != 'pix2pix': kwargs['splitter'] = RandomSplitter(valid_pct, seed=seed)
-    return _FACTORIES[fmt], kwargs
+def given(**kwargs)->dict:
+    "The keyword arguments whose value is not `None`, lists as lists: the options the user actually gave."
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items() if v is not None}
 
 # %% ../nbs/15_cli.ipynb #247e91aa
 def defaults_of(f)->dict:
@@ -93,7 +55,7 @@ _ARCHS, _PRECISIONS = ['spade', 'clade', 'pix2pix'], ['fp32', 'bf16', 'fp16']
 @call_parse
 def gaugan_train(
     data:str, # data set folder
-    format:Annotated[str, {'choices': list(DATA_LAYOUTS)}]=None, # its layout (default: recognised from the folder)
+    format:Annotated[str, {'choices': list(DATA_FORMATS)}]=None, # its layout (default: recognised from the folder)
     codes:Annotated[str, {'nargs': '+'}]=None, # class names (folders format; overrides an ArcGIS export's)
     values:Annotated[int, {'nargs': '+'}]=None, # label value of each class (folders, ArcGIS)
     size:int=256, # crop size (square, pixels)
@@ -110,15 +72,16 @@ def gaugan_train(
     checkpoints:str='checkpoints', # folder for the per-epoch checkpoints
     resume:bool=False, # continue from the newest checkpoint in --checkpoints
     out:str='gaugan.pth', # file for the exported model
-    valid_pct:float=0.2, # share of the data held out for validation
+    valid_pct:float=None, # share of the data held out for validation (default 0.2; not for data sets with their own split)
     seed:int=0, # seed of the split and the initialization
     workers:int=None, # data loading processes (default: one per spare core)
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
     "Train GauGAN on a data set of label maps and photos; save checkpoints and export the model."
     with user_errors('gaugan-train'), seeded(seed):
-        factory, kwargs = data_source(data, format, codes, values, valid_pct, seed)
-        dls = data_loaders(factory, data, size=size, bs=bs, num_workers=workers, device=get_device(device), **kwargs)
+        format = ifnone(format, detect_format(data))
+        dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, device=get_device(device),
+                           **given(codes=codes, values=values, valid_pct=valid_pct))
         if vgg and arch != 'pix2pix':
             try: vgg = VGGLoss(lambda_vgg=_learner['lambda_vgg'], weights_path=vgg_weights)
             except RuntimeError as e: raise ValueError(f"{e} On the command line: --vgg-weights FILE, or --no-vgg.") from e
@@ -126,7 +89,7 @@ def gaugan_train(
                                checkpoint='gaugan', path=Path(checkpoints).absolute(), model_dir='.')
         start = _resume(learn) if resume else 0
         if not resume and learn.checkpoints(): print(f"Starting afresh: the checkpoints in {checkpoints} will be overwritten")
-        print(f"Training {arch} on {len(dls.train_ds)} samples of {data} ({format or detect_format(data)} layout), "
+        print(f"Training {arch} on {len(dls.train_ds)} samples of {data} ({format} layout), "
               f"{size}x{size}, batch {bs}, {precision}, on {dls.device}: epochs {start + 1}..{epochs}")
         if start < epochs: learn.fit_one_cycle(epochs, lr, start_epoch=start)
         else: print(f"The checkpoints already cover {start} epochs: nothing to train")
@@ -140,27 +103,6 @@ def _resume(learn)->int:
     except RuntimeError as e:
         raise ValueError(f"cannot resume from {learn.checkpoints()[-1]}: it was saved for another model configuration "
                          f"(use the --arch, --ngf, --ndf, --size and --vae of that run): {str(e).splitlines()[0]}") from e
-
-# %% ../nbs/15_cli.ipynb #81707a9c
-def read_label_map(fn:str|Path, # label file, in the format of the model's training label files
-                   synth:GauGANSynthesizer # the model, whose classes, reader and image size are used
-                  )->tuple: # (class ids uint8 [H, W] at the model's size, `IGNORE_INDEX` for unknown; the file's (H, W))
-    "Class ids of the label map in `fn` for `synth`, resized to its image size."
-    fn = Path(fn)
-    if not fn.is_file(): raise FileNotFoundError(f"label map {fn} does not exist")
-    if synth.label_reader is not None: ids = synth.read_labels(fn)
-    else: ids = torch.as_tensor(np.asarray(LabelReader(list(range(len(synth.codes))), [IGNORE_INDEX])(fn)))
-    shape = tuple(ids.shape)
-    if shape != synth.size: ids = F.interpolate(ids[None, None].float(), size=synth.size, mode='nearest')[0, 0]
-    return ids.byte().numpy(), shape
-
-def read_style(fn:str|Path, # photo (any Pillow format, or a GeoTIFF's first three bands)
-               size:tuple # (H, W) of the model's images
-              )->np.ndarray: # uint8 [H, W, 3]
-    "The style photo in `fn`, resized to the model's size."
-    fn = Path(fn)
-    if not fn.is_file(): raise FileNotFoundError(f"style image {fn} does not exist")
-    return np.asarray(ImageReader()(fn).resize(size[::-1], Image.BILINEAR))
 
 # %% ../nbs/15_cli.ipynb #cf8e2ede
 def _outputs(labels, n, out)->list:
@@ -192,12 +134,13 @@ def gaugan_generate(
         labels = [labels] if isinstance(labels, (str, Path)) else list(labels)
         synth = load_synthesizer(model, device)
         outputs = _outputs(labels, n, out)
-        style_image = None if style is None else read_style(style, synth.size)
+        style_image = None if style is None else synth.read_style(style)
         written = []
         for fn, (files, like) in progress_bar(list(zip(labels, outputs)), leave=False):
-            ids, shape = read_label_map(fn, synth)
-            if shape != synth.size: print(f"{fn}: {shape[0]}x{shape[1]} label map resized to the model's {synth.size[0]}x{synth.size[1]}")
-            images = synth.generate(ids, style=style_image, n=n, seed=seed)[0]
+            ids = synth.read_labels(fn)
+            if tuple(ids.shape) != synth.size:
+                print(f"{fn}: {ids.shape[0]}x{ids.shape[1]} label map resized to the model's {synth.size[0]}x{synth.size[1]}")
+            images = synth.generate(synth.resize_labels(ids), style=style_image, n=n, seed=seed)[0]
             written += [save_image(im, f, like=like) for im, f in zip(images, files)]
     print(f"{len(written)} images written to {out}")
     return written
@@ -259,13 +202,13 @@ def gaugan_bench(
 def gaugan_evaluate(
     model:str, # model file written by gaugan-train (or learn.export_synthesizer)
     data:str, # data set folder
-    format:Annotated[str, {'choices': list(DATA_LAYOUTS)}]=None, # its layout (default: recognised from the folder)
+    format:Annotated[str, {'choices': list(DATA_FORMATS)}]=None, # its layout (default: recognised from the folder)
     split:Annotated[str, {'choices': ['valid', 'train']}]='valid', # which part of the data to score on
     segmenter:str=None, # segmenter file: used if it exists, else trained and saved there (default: beside --out)
     out:str='scores.json', # JSON file for the results
     codes:Annotated[str, {'nargs': '+'}]=None, # class names (folders format)
     values:Annotated[int, {'nargs': '+'}]=None, # label value of each class (folders, ArcGIS)
-    valid_pct:float=0.2, # share of the data held out for validation, as in training
+    valid_pct:float=None, # share of the data held out for validation, as in training (default 0.2)
     seed:int=0, # seed of the split, as in training, and of the style codes
     bs:int=8, # batch size
     max_batches:int=None, # score only this many batches
@@ -275,11 +218,10 @@ def gaugan_evaluate(
 ):
     "Score a trained model on a data set (segmentation score, Fréchet distances, diversity); print and write JSON."
     with user_errors('gaugan-evaluate'):
-        factory, kwargs = data_source(data, format, codes, values, valid_pct, seed)
         segmenter = ifnone(segmenter, Path(out).parent/f'{Path(data).resolve().name}_segmenter.pth')
-        res = evaluate_model(model, data, format=factory, split=split, segmenter=segmenter, out=out, bs=bs,
+        res = evaluate_model(model, data, format=format, split=split, segmenter=segmenter, out=out, bs=bs,
                              max_batches=max_batches, n_diversity=n_diversity, style_seed=seed, device=device,
-                             num_workers=workers, **kwargs)
+                             seed=seed, num_workers=workers, **given(codes=codes, values=values, valid_pct=valid_pct))
     print(format_scores(res))
     print(f"Scores written to {out}")
     return res

@@ -1,5 +1,6 @@
 """Small helpers every other notebook uses: choosing the device, the precision to compute in, reproducible random
-numbers, plain tensors out of fastai's typed ones, and finding the optional real data sets.
+numbers, plain tensors out of fastai's typed ones, images as 8-bit pixels, threads when notebooks run side by
+side, and finding the optional real data sets and fixtures.
 
 Docs: https://gaugan-fastai.github.io/gaugan_fastai/core.html.md"""
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'autocast_dtype', 'seeded', 'plain', 'shared_data']
+__all__ = ['get_device', 'autocast_dtype', 'seeded', 'plain', 'to_pixels', 'to_uint8', 'notebook_threads', 'shared_data']
 
 # %% ../nbs/00_core.ipynb #6da65318
 def get_device(device:str|torch.device|None=None # `None` for the best available, else a device or its name
@@ -54,16 +55,38 @@ def plain(t:torch.Tensor)->torch.Tensor:
     "`t` as a plain `torch.Tensor`, without fastai's type tag (no copy)."
     return t.as_subclass(torch.Tensor)
 
+# %% ../nbs/00_core.ipynb #1bdb1a23
+def to_pixels(images:torch.Tensor # float images in [-1, 1] (values outside are clamped)
+             )->torch.Tensor:
+    "`images` as 8-bit pixel values 0..255 (float, rounded), on their device and in their layout."
+    return ((plain(images).detach().float().clamp(-1, 1) + 1) * 127.5).round()
+
+def to_uint8(images:torch.Tensor # float [..., 3, H, W] in [-1, 1]
+            )->np.ndarray:
+    "RGB uint8 array [..., H, W, 3] of `images` in [-1, 1]."
+    return to_pixels(images).byte().cpu().movedim(-3, -1).numpy()
+
+# %% ../nbs/00_core.ipynb #82c5b482
+def notebook_threads(cpus:int|None=None # cores of this machine (default: `os.cpu_count()`)
+                )->int:
+    "Torch threads for one notebook when nbdev-test runs `min(cpus, 8)` of them side by side."
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, cpus // min(cpus, 8))
+
+if os.environ.get('IN_TEST') and not os.environ.get('OMP_NUM_THREADS'): torch.set_num_threads(notebook_threads())
+
 # %% ../nbs/00_core.ipynb #4de0cd75
-def shared_data(name:str, # folder name of the data set, e.g. 'facades-cmp-base'
-                verbose:bool=True # print where it was looked for when it is missing
+def shared_data(name:str, # folder name of the data set, e.g. 'facades-cmp-base', or of the fixture set
+                verbose:bool=True, # print where it was looked for when it is missing
+                kind:str='data' # 'data' for data sets, 'fixtures' for test fixtures (shared/fixtures)
                )->Path|None:
-    "Path of the real data set `name` if it is on disk, else `None` (and a message saying where it was looked for)."
-    roots = [Path(os.environ['GAUGAN_DATA'])] if os.environ.get('GAUGAN_DATA') else []
+    "Path of the real data set (or fixture set) `name` if it is on disk, else `None` (and a message saying where it was looked for)."
+    roots = [Path(os.environ['GAUGAN_DATA'])] if os.environ.get('GAUGAN_DATA') and kind == 'data' else []
     here = Path.cwd().resolve()
-    roots += [d/'shared'/'data' for d in [here, *here.parents]]
+    roots += [d/'shared'/kind for d in [here, *here.parents]]
     for r in roots:
         if (r/name).is_dir(): return r/name
-    if verbose: print(f"Data set {name!r} not found (looked in $GAUGAN_DATA and in shared/data beside the project): "
+    if verbose: print(f"{'Data set' if kind == 'data' else 'Fixture set'} {name!r} not found (looked in "
+                      f"{'$GAUGAN_DATA and in ' if kind == 'data' else ''}shared/{kind} beside the project): "
                       "the cells that need it are skipped.")
     return None

@@ -1,5 +1,6 @@
-"""Label map -> photo pairs as fastai `DataLoaders`: plain folders, CMP Facades (raw and pix2pix layouts), ArcGIS
-land-cover exports of GeoTIFF tiles, and a generated land-cover demo set.
+"""Label map -> photo pairs as fastai `DataLoaders`: reading label maps, instance maps and photos (Pillow formats and
+GeoTIFF), checking and pairing files, augmentation that keeps the pair aligned, the one-hot network input, display
+and GeoTIFF output. The data sets' own layouts are in `gaugan_fastai.formats`.
 
 Docs: https://gaugan-fastai.github.io/gaugan_fastai/data.html.md"""
 
@@ -21,13 +22,11 @@ from matplotlib.patches import Patch
 from .core import *
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'IGNORE_COLOR', 'GEOTIFF_SUFFIXES', 'IMAGE_SUFFIXES', 'CMP_FACADE_CLASSES', 'CMP_FACADE_PALETTE',
-           'LANDCOVER_CLASSES', 'LANDCOVER_VALUES', 'LANDCOVER_NODATA', 'LANDCOVER_PALETTE', 'LANDCOVER_LOOK',
-           'LabelMap', 'InstanceMap', 'PILLabelMap', 'PILInstanceMap', 'default_palette', 'colorize_labels',
-           'read_raster', 'raster_size', 'LabelReader', 'ImageReader', 'InstanceReader', 'Sample', 'read_georef',
-           'save_geotiff', 'AddLabelInfo', 'default_num_workers', 'default_load_size', 'check_samples',
-           'ReproducibleDL', 'SpadeDataLoaders', 'instance_edges', 'semantic_input', 'show_batch', 'pair_files',
-           'read_label_names', 'read_arcgis_classes', 'dataset_value_range', 'make_landcover_demo', 'class_color_stats']
+__all__ = ['IGNORE_INDEX', 'IGNORE_COLOR', 'GEOTIFF_SUFFIXES', 'IMAGE_SUFFIXES', 'LabelMap', 'InstanceMap', 'PILLabelMap',
+           'PILInstanceMap', 'default_palette', 'colorize_labels', 'read_raster', 'raster_size', 'LabelReader',
+           'ImageReader', 'InstanceReader', 'Sample', 'read_georef', 'save_geotiff', 'AddLabelInfo',
+           'default_num_workers', 'default_load_size', 'check_samples', 'ReproducibleDL', 'SpadeDataLoaders',
+           'instance_edges', 'semantic_input', 'show_batch', 'pair_files']
 
 # %% ../nbs/01_data.ipynb #330a3ec6
 IGNORE_INDEX = 255  # class id of dontcare / nodata pixels: no one-hot channel, ignored by every loss
@@ -227,9 +226,8 @@ def save_geotiff(image, # `[3,H,W]` float in [-1,1] (a generator's output) or ui
                 )->Path:
     "Write `image` as an RGB GeoTIFF covering the same ground as `like` (rescaling the pixel size if sizes differ)."
     if isinstance(image, torch.Tensor):
-        image = plain(image).detach().float().cpu()
         if image.ndim != 3 or image.shape[0] != 3: raise ValueError(f"image must be [3,H,W], got {tuple(image.shape)}")
-        image = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        image = to_uint8(image)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be a [3,H,W] tensor or a uint8 [H,W,3] array, got {image.dtype} {image.shape}")
@@ -238,7 +236,7 @@ def save_geotiff(image, # `[3,H,W]` float in [-1,1] (a generator's output) or ui
     h, w = image.shape[:2]
     fn = Path(fn)
     with rasterio.open(fn, 'w', driver='GTiff', height=h, width=w, count=3, dtype='uint8', crs=crs,
-                       transform=tfm * Affine.scale(w0 / w, h0 / h), photometric='RGB') as dst:
+                       transform=tfm @ Affine.scale(w0 / w, h0 / h), photometric='RGB') as dst:
         dst.write(image.transpose(2, 0, 1))
     return fn
 
@@ -453,252 +451,3 @@ def pair_files(label_dir:Path|str, # folder of label maps
     if not common: raise ValueError(f"No label/photo pairs in {label_dir} and {image_dir}")
     inst = folders.get('instance maps', {})
     return [Sample(folders['labels'][s], folders['photos'][s], inst.get(s)) for s in sorted(common)]
-
-# %% ../nbs/01_data.ipynb #4fa95188
-@patch(cls_method=True)
-@delegates(SpadeDataLoaders.from_samples, but=['samples', 'codes', 'label_reader', 'image_reader', 'with_instances'])
-def from_folders(cls:SpadeDataLoaders, path:Path|str, # root folder
-                 label_dir:str='labels', # label-map folder under `path`
-                 image_dir:str='images', # photo folder under `path`
-                 codes:list|None=None, # class names; default 'class0', 'class1'... from `values`
-                 values:list|None=None, # raw label value of each class; default 0..len(codes)-1
-                 ignore_values:list=(), # raw values meaning dontcare
-                 unknown:str='error', # other values: 'error' or 'ignore' (-> dontcare)
-                 instance_dir:str|None=None, # instance-map folder under `path`, optional
-                 missing:str='error', # unpaired files: 'error' or 'warn'
-                 bands:list|None=None, # GeoTIFF photo bands to use as RGB
-                 value_range:tuple|None=None, # stored photo values that map to 0..255 (non-8-bit imagery)
-                 **kwargs):
-    "`SpadeDataLoaders` from same-stem label maps and photos in two folders (png, jpg or tif)."
-    if codes is None and values is None: raise ValueError("Pass `codes` (class names) or `values` (raw label values)")
-    values = list(ifnone(values, range(len(codes))))
-    codes = list(ifnone(codes, [f'class{v}' for v in values]))
-    if len(codes) != len(values): raise ValueError(f"{len(codes)} codes but {len(values)} values")
-    path = Path(path)
-    samples = pair_files(path/label_dir, path/image_dir, None if instance_dir is None else path/instance_dir, missing)
-    return cls.from_samples(samples, codes, LabelReader(values, ignore_values, unknown),
-                            ImageReader(bands, value_range), with_instances=instance_dir is not None, path=path, **kwargs)
-
-# %% ../nbs/01_data.ipynb #5dac394e
-CMP_FACADE_CLASSES = ['background', 'facade', 'window', 'door', 'cornice', 'sill', 'balcony', 'blind', 'deco',
-                      'molding', 'pillar', 'shop']
-CMP_FACADE_PALETTE = np.array([[0, 0, 170], [0, 0, 255], [0, 85, 255], [0, 170, 255], [0, 255, 255], [85, 255, 170],
-                               [170, 255, 85], [255, 255, 0], [255, 170, 0], [255, 85, 0], [255, 0, 0], [170, 0, 0]],
-                              np.uint8)  # colours of ids 1..12 in the CMP label files' palette
-
-def read_label_names(fn:Path|str)->dict:
-    "{id: name} from a CMP `label_names.txt` (lines `id name z-order`)."
-    names = {}
-    for i, line in enumerate(Path(fn).read_text().splitlines()):
-        if not line.strip(): continue
-        parts = line.split()
-        if len(parts) < 2 or not parts[0].isdigit(): raise ValueError(f"{fn}, line {i+1}: expected 'id name ...', got {line!r}")
-        names[int(parts[0])] = parts[1]
-    return names
-
-# %% ../nbs/01_data.ipynb #8cb9bab7
-def _cmp_raw_samples(path):
-    photos = sorted(path.glob('cmp_*.jpg'))
-    labels = {f.stem: f for f in path.glob('cmp_*.png')}
-    missing = [str(f) for f in photos if f.stem not in labels]
-    extra = sorted(str(f) for s, f in labels.items() if s not in {p.stem for p in photos})
-    if missing or extra:
-        raise ValueError(f"CMP Facades in {path}: photos without label: {missing[:5]}; labels without photo: {extra[:5]}")
-    return [Sample(labels[f.stem], f) for f in photos]
-
-@patch(cls_method=True)
-@delegates(SpadeDataLoaders.from_samples, but=['samples', 'codes', 'label_reader', 'image_reader', 'palette', 'with_instances'])
-def from_cmp_facades(cls:SpadeDataLoaders, path:Path|str, # the raw folder (or its parent), or pix2pix's `facades`
-                     size:int=256, # crop size
-                     **kwargs):
-    "`SpadeDataLoaders` of CMP Facades, raw (`cmp_b*.jpg`/`.png` + `label_names.txt`) or pix2pix (`train/`, `val/`)."
-    path = Path(path)
-    if not path.is_dir(): raise ValueError(f"{path} is not a folder")
-    raw = path if any(path.glob('cmp_*.jpg')) else path/'base'
-    load = ifnone(kwargs.get('load_size'), default_load_size(size))
-    draft = (load, load) if not is_listy(load) else tuple(load[::-1])
-    if any(raw.glob('cmp_*.jpg')):
-        names = read_label_names(raw/'label_names.txt') if (raw/'label_names.txt').exists() else \
-                read_label_names(raw.parent/'label_names.txt') if (raw.parent/'label_names.txt').exists() else \
-                dict(enumerate(CMP_FACADE_CLASSES, 1))
-        ids = sorted(names)
-        return cls.from_samples(_cmp_raw_samples(raw), [names[i] for i in ids], LabelReader(ids, ignore_values=[0]),
-                                ImageReader(draft_size=draft), palette=CMP_FACADE_PALETTE[np.array(ids) - 1],
-                                size=size, path=path, **kwargs)
-    if (path/'train').is_dir() and any((path/'train').glob('*.jpg')):
-        files = [f for split in ('train', 'val') for f in sorted((path/split).glob('*.jpg'), key=lambda f: (len(f.stem), f.stem))]
-        samples = [Sample(f, f) for f in files]
-        for f in files:
-            h, w = raster_size(f)
-            if w % 2: raise ValueError(f"{f}: side-by-side image of odd width {w}")
-        return cls.from_samples(samples, CMP_FACADE_CLASSES,
-                                LabelReader(colors=CMP_FACADE_PALETTE, ignore_colors=[(0, 0, 0)], half='right'),
-                                ImageReader(half='left'), palette=CMP_FACADE_PALETTE, size=size,
-                                splitter=FuncSplitter(lambda s: s.image.parent.name == 'val'), path=path, **kwargs)
-    raise ValueError(f"{path}: neither raw CMP Facades (cmp_b*.jpg + .png) nor the pix2pix layout (train/*.jpg)")
-
-# %% ../nbs/01_data.ipynb #70688f35
-def read_arcgis_classes(path:Path|str # an export folder
-                       )->list|None: # [(value, name, colour or None)], or None without class files
-    "Class values, names and colours of an ArcGIS export, from `esri_accumulated_stats.json`, else its `.emd`."
-    path = Path(path)
-    for fn in [path/'esri_accumulated_stats.json', *sorted(path.glob('*.emd'))]:
-        if not fn.exists(): continue
-        try: classes = json.loads(fn.read_text()).get('Classes')
-        except (json.JSONDecodeError, AttributeError) as e: raise ValueError(f"{fn}: not a JSON object: {e}") from e
-        if not classes: continue
-        try: return [(int(c['ClassValue'] if 'ClassValue' in c else c['Value']),
-                      str(c['ClassName'] if 'ClassName' in c else c['Name']),
-                      None if c.get('Color') is None else [int(v) for v in c['Color'][:3]]) for c in classes]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{fn}: each entry of 'Classes' needs a value and a name ({e!r})") from e
-    return None
-
-def dataset_value_range(files:list, # image files (GeoTIFFs)
-                        bands:list|None=None, # 1-based bands used as RGB
-                        n:int=16, # tiles sampled, evenly spaced
-                        pct:tuple=(0.5, 99.5) # percentiles kept
-                       )->tuple:
-    "One (lo, hi) range of stored values for a whole image set, so that every tile is scaled alike."
-    files = list(files)
-    picks = [files[i] for i in np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int)]
-    vals = np.concatenate([read_raster(f, bands)[0][..., :3].ravel() for f in picks])
-    lo, hi = np.percentile(vals, pct)
-    return float(lo), float(max(hi, lo + 1))
-
-def _raster_dtype(fn):
-    if not _is_geotiff(fn): return np.uint8
-    with rasterio.open(fn) as src: return np.dtype(src.dtypes[0])
-
-# %% ../nbs/01_data.ipynb #c3b152cd
-@patch(cls_method=True)
-@delegates(SpadeDataLoaders.from_samples, but=['samples', 'codes', 'label_reader', 'image_reader', 'with_instances'])
-def from_arcgis(cls:SpadeDataLoaders, path:Path|str, # export folder holding `images/` and `labels/`
-                codes:list|None=None, # class names, if the export has no class files (or to override them)
-                values:list|None=None, # raw label values of `codes`, default 1..len(codes)
-                palette:np.ndarray|None=None, # class colours, default the export's, else `default_palette`
-                ignore_values:list|None=None, # raw values meaning dontcare, default [0] when 0 is not a class
-                unknown:str='error', # other values: 'error' or 'ignore' (-> dontcare)
-                bands:list|None=None, # 1-based image bands to use as RGB, default the first three
-                value_range:tuple|None=None, # stored image values mapped to 0..255; default measured if not 8-bit
-                missing:str='error', # tiles without a partner: 'error' or 'warn'
-                **kwargs):
-    "`SpadeDataLoaders` from an ArcGIS Pro 'Classified Tiles' export; samples keep their georeference."
-    path = Path(path)
-    classes = read_arcgis_classes(path)
-    if codes is not None:
-        values = list(ifnone(values, range(1, len(codes) + 1)))
-        if len(values) != len(codes): raise ValueError(f"{len(codes)} codes but {len(values)} values")
-    elif classes is not None:
-        values, codes, colors = map(list, zip(*classes))
-        if palette is None and all(c is not None for c in colors): palette = np.array(colors, np.uint8)
-    else: raise ValueError(f"{path}: no esri_accumulated_stats.json or .emd with 'Classes': pass `codes` (and `values`)")
-    ignore_values = ifnone(ignore_values, [] if 0 in values else [0])
-    samples = pair_files(path/'labels', path/'images', missing=missing)
-    for s in samples: s.crs, s.transform = read_georef(s.label) if _is_geotiff(s.label) else (None, None)
-    if value_range is None and _raster_dtype(samples[0].image) != np.uint8:
-        value_range = dataset_value_range([s.image for s in samples], bands)
-    return cls.from_samples(samples, codes, LabelReader(values, ignore_values, unknown),
-                            ImageReader(bands, value_range), palette=palette, path=path, **kwargs)
-
-# %% ../nbs/01_data.ipynb #8f8cfcac
-LANDCOVER_CLASSES = ['water', 'forest', 'field', 'bare soil', 'urban', 'road']
-LANDCOVER_VALUES = [1, 2, 3, 4, 5, 6]  # the Chesapeake land-cover codes of these classes
-LANDCOVER_NODATA = 15
-LANDCOVER_PALETTE = np.array([[0, 112, 255], [38, 115, 0], [163, 255, 115], [255, 170, 0], [220, 50, 50], [60, 60, 60]],
-                             np.uint8)
-LANDCOVER_LOOK = np.array([[38, 62, 80], [52, 80, 45], [150, 165, 95], [165, 138, 108], [172, 152, 142], [104, 104, 108]],
-                          np.float32)  # nominal mean photo colour (RGB) of each class in the demo set
-
-# %% ../nbs/01_data.ipynb #130cdfa4
-def _smooth(rng, size, cells):
-    "Smooth random field `[size,size]` in [0,1] with about `cells` bumps across (bicubic upsampled noise)."
-    coarse = torch.from_numpy(rng.random((1, 1, cells + 1, cells + 1), dtype=np.float32))
-    z = F.interpolate(coarse, size=(size, size), mode='bicubic', align_corners=True)[0, 0].numpy()
-    return (z - z.min()) / (z.max() - z.min() + 1e-8)
-
-def _grain(rng, size, sigma):
-    "Zero-mean unit-std texture `[size,size]` of grain `sigma` pixels."
-    g = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma, mode='wrap')
-    return g / (g.std() + 1e-8)
-
-def _landcover_tile(rng, size):
-    "One tile: (class ids 0..5 `[size,size]`, RGB uint8 `[size,size,3]`)."
-    W, F, A, B, U, R = range(6)
-    y, x = np.mgrid[:size, :size].astype(np.float32)
-    cuts = lambda: np.cumsum(rng.integers(size // 6, size // 2, 8))
-    cx, cy = cuts(), cuts()
-    parcel = np.searchsorted(cy, y, side='right') * 16 + np.searchsorted(cx, x, side='right')
-    lab = np.where(rng.random(256)[parcel] < 0.2, B, A)
-    forest = _smooth(rng, size, 3)
-    lab[forest > np.quantile(forest, 1 - rng.uniform(0.05, 0.5))] = F
-    block_id = np.zeros((size, size), np.int64)
-    if rng.random() < 0.4:
-        x0, y0 = rng.integers(0, size // 2, 2)
-        x1, y1 = x0 + rng.integers(size // 3, size), y0 + rng.integers(size // 3, size)
-        inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
-        p = int(rng.integers(14, 24))
-        u, v = (x - x0) % p, (y - y0) % p
-        block_id = (((y - y0) // p) * 16 + (x - x0) // p).astype(np.int64) % 256
-        lab[inside] = A
-        lab[inside & (u >= 4) & (u < p - 1) & (v >= 4) & (v < p - 1)] = U
-        lab[inside & ((u < 3) | (v < 3))] = R
-    lakes = _smooth(rng, size, 2)
-    lab[lakes < np.quantile(lakes, rng.uniform(0, 0.15))] = W
-    if rng.random() < 0.3:
-        mid = rng.uniform(0.2, 0.8) * size + rng.uniform(5, 15) * np.sin(x / rng.uniform(10, 30) + rng.uniform(0, 6))
-        lab[np.abs(y - mid) < rng.uniform(2.5, 5)] = W
-    for _ in range(rng.integers(0, 3)):
-        a, (px, py) = rng.uniform(0, np.pi), rng.uniform(0, size, 2)
-        lab[np.abs((x - px) * np.sin(a) - (y - py) * np.cos(a)) < 1.5] = R
-    fine = _grain(rng, size, 0.7)
-    look = LANDCOVER_LOOK[lab]
-    angle, period = rng.uniform(0, np.pi, 256)[parcel], rng.uniform(3, 7, 256)[parcel]
-    texture = np.select([lab == W, lab == F, lab == A, lab == B, lab == U],
-                        [3 * _grain(rng, size, 4),
-                         16 * _grain(rng, size, 1.2),
-                         rng.normal(0, 10, 256)[parcel] + 8 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period),
-                         8 * fine,
-                         rng.normal(0, 20, 256)[block_id] + 4 * fine],
-                        4 * fine)
-    img = (look + texture[..., None]) * rng.uniform(0.92, 1.08) + rng.normal(0, 2, (size, size, 3))
-    return lab, np.clip(img, 0, 255).round().astype(np.uint8)
-
-# %% ../nbs/01_data.ipynb #b11afdbc
-def make_landcover_demo(path:Path|str, # folder to create (ArcGIS layout: images/, labels/, esri_accumulated_stats.json)
-                        n:int=200, # number of tiles
-                        size:int=128, # tile side in pixels (1 m each)
-                        seed:int=0, # the same seed gives the same files
-                        crs:str='EPSG:26918', # NAD83 / UTM zone 18N, around the Chesapeake Bay
-                       )->Path:
-    "Generate a land-cover tile set of GeoTIFFs in the ArcGIS 'Classified Tiles' layout; return `path`."
-    path = Path(path)
-    (path/'images').mkdir(parents=True, exist_ok=True); (path/'labels').mkdir(exist_ok=True)
-    cols = math.ceil(math.sqrt(n))
-    for i in range(n):
-        lab, img = _landcover_tile(np.random.default_rng([seed, i]), size)
-        tfm = from_origin(360000 + size * (i % cols), 4300000 - size * (i // cols), 1.0, 1.0)
-        common = dict(driver='GTiff', height=size, width=size, dtype='uint8', crs=crs, transform=tfm)
-        with rasterio.open(path/'labels'/f'{i:09d}.tif', 'w', count=1, nodata=LANDCOVER_NODATA, **common) as dst:
-            dst.write(np.array(LANDCOVER_VALUES, np.uint8)[lab][None])
-        with rasterio.open(path/'images'/f'{i:09d}.tif', 'w', count=3, photometric='RGB', **common) as dst:
-            dst.write(img.transpose(2, 0, 1))
-    classes = [{'ClassValue': v, 'ClassName': c, 'Color': p.tolist()}
-               for v, c, p in zip(LANDCOVER_VALUES, LANDCOVER_CLASSES, LANDCOVER_PALETTE)]
-    (path/'esri_accumulated_stats.json').write_text(json.dumps(
-        {'MetaDataMode': 'Classified_Tiles', 'NumTiles': n, 'TileSizeX': size, 'TileSizeY': size, 'NumBands': 3,
-         'Classes': classes}, indent=1))
-    return path
-
-# %% ../nbs/01_data.ipynb #7524d010
-def class_color_stats(labels:torch.Tensor, # class ids `[bs,H,W]`
-                      images:torch.Tensor, # photos `[bs,3,H,W]`, in [-1,1]
-                      n_classes:int)->tuple: # (mean `[c,3]`, std `[c,3]`, pixel count `[c]`), colours in 0..255
-    "Per-class mean and standard deviation of photo colours: what the label -> photo mapping should reproduce."
-    seg = semantic_input(labels, n_classes).flatten(2)  # [bs,c,HW]
-    px = ((plain(images).float() + 1) * 127.5).flatten(2)  # [bs,3,HW]
-    n = seg.sum((0, 2))
-    s1 = torch.einsum('bcp,bkp->ck', seg, px)
-    s2 = torch.einsum('bcp,bkp->ck', seg, px ** 2)
-    mean = s1 / n.clamp(min=1)[:, None]
-    return mean, (s2 / n.clamp(min=1)[:, None] - mean ** 2).clamp(min=0).sqrt(), n

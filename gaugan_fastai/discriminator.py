@@ -36,7 +36,9 @@ class NLayerDiscriminator(nn.Sequential):
     def __init__(self, input_nc:int, # input channels: label channels + image channels
                  ndf:int=64, # width of the first convolution
                  n_layers:int=4, # convolutions before the final scoring one
-                 norm:str='spectralinstance' # normalization of the hidden convolutions
+                 norm:str='spectralinstance', # normalization of the hidden convolutions
+                 init_type:str|None='xavier', # weight initialization (`init_weights`; `None`: PyTorch's default)
+                 init_gain:float=0.02 # its gain, the reference's `init_variance`
                 ):
         nf, blocks = ndf, [nn.Sequential(nn.Conv2d(input_nc, ndf, 4, stride=2, padding=2), nn.LeakyReLU(0.2))]
         for n in range(1, n_layers):
@@ -44,7 +46,7 @@ class NLayerDiscriminator(nn.Sequential):
             blocks.append(nn.Sequential(_normed_conv(nf_prev, nf, 1 if n == n_layers - 1 else 2, norm), nn.LeakyReLU(0.2)))
         blocks.append(nn.Conv2d(nf, 1, 4, stride=1, padding=2))
         super().__init__(*blocks)
-        init_weights(self)
+        init_weights(self, init_type, init_gain)
 
     def forward(self, x):
         features = []
@@ -71,9 +73,11 @@ class MultiscaleDiscriminator(nn.ModuleList):
                  ndf:int=64, # width of each discriminator's first convolution
                  n_layers:int=4, # convolutions before the scoring one, per discriminator
                  num_D:int=2, # number of scales
-                 norm:str='spectralinstance' # normalization of the hidden convolutions
+                 norm:str='spectralinstance', # normalization of the hidden convolutions
+                 init_type:str|None='xavier', # weight initialization (`init_weights`; `None`: PyTorch's default)
+                 init_gain:float=0.02 # its gain, the reference's `init_variance`
                 ):
-        super().__init__([NLayerDiscriminator(input_nc, ndf, n_layers, norm) for _ in range(num_D)])
+        super().__init__([NLayerDiscriminator(input_nc, ndf, n_layers, norm, init_type, init_gain) for _ in range(num_D)])
 
     @staticmethod
     def downsample(x:torch.Tensor)->torch.Tensor:

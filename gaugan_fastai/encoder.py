@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import store_attr
 from .core import plain
-from .layers import spectral_norm
+from .layers import spectral_norm, init_weights
 
 # %% auto #0
 __all__ = ['ConvEncoder', 'reparameterize']
@@ -22,7 +22,9 @@ class ConvEncoder(nn.Module):
     "VAE style encoder: image [bs, 3, H, W] in [-1, 1] -> `(mu, logvar)`, each [bs, z_dim]."
     def __init__(self, ngf:int=64, # width: the convs have 1, 2, 4, 8, 8 (, 8) times `ngf` channels
                  z_dim:int=256, # length of the style code
-                 crop_size:int=256 # training image size: six stride-2 convs from 256 up, five below
+                 crop_size:int=256, # training image size: six stride-2 convs from 256 up, five below
+                 init_type:str|None='xavier', # weight initialization (`init_weights`; `None`: PyTorch's default)
+                 init_gain:float=0.02 # its gain, the reference's `init_variance`
                 ):
         super().__init__()
         store_attr('ngf,z_dim')
@@ -35,6 +37,7 @@ class ConvEncoder(nn.Module):
         self.layers = [f'layer{i+1}' for i in range(n_layers)]
         self.fc_mu = nn.Linear(8*ngf*4*4, z_dim)
         self.fc_var = nn.Linear(8*ngf*4*4, z_dim)
+        init_weights(self, init_type, init_gain)
 
     def forward(self, image):
         "`(mu, logvar)` of the style code for `image`, resized (bilinear) to the encoder's input size first."

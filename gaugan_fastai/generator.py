@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import store_attr
 from .core import plain
-from .layers import SPADEResBlock
+from .layers import SPADEResBlock, init_weights
 
 # %% auto #0
 __all__ = ['upsampling_layers', 'latent_size', 'SPADEGenerator']
@@ -47,7 +47,9 @@ class SPADEGenerator(nn.Module):
                  crop_size:int=256, # width of the generated images
                  aspect_ratio:float=1.0, # width / height of the generated images
                  norm:str='spade', # label-conditioned normalization: 'spade' or 'clade'
-                 param_free_norm:str='syncbatch' # normalization inside it: 'batch', 'syncbatch' or 'instance'
+                 param_free_norm:str='syncbatch', # normalization inside it: 'batch', 'syncbatch' or 'instance'
+                 init_type:str|None='xavier', # weight initialization (`init_weights`; `None`: PyTorch's default)
+                 init_gain:float=0.02 # its gain, the reference's `init_variance`
                 ):
         super().__init__()
         store_attr('label_nc,ngf,z_dim,num_upsampling_layers,use_vae')
@@ -64,6 +66,7 @@ class SPADEGenerator(nn.Module):
         if num_upsampling_layers == 'most': self.up_4 = block(nf, nf//2)
         self.conv_img = nn.Conv2d(nf//2 if num_upsampling_layers == 'most' else nf, 3, 3, padding=1)
         self.up = nn.Upsample(scale_factor=2, mode='nearest')
+        init_weights(self, init_type, init_gain)
 
     def start(self, seg, z):
         "The first feature map [bs, 16*ngf, sh, sw]: from `z` (drawn from N(0,1) if `None`) or from the label map."

@@ -1,6 +1,6 @@
 """Generating images from label maps with a trained model: several styles per map, style from an example photo,
-a small exported model file that loads without fastai's `Learner`, GeoTIFF output, benchmarks, and the
-land-cover demo.
+label files read the way the training data's were, a small exported model file that loads without fastai's
+`Learner`, and GeoTIFF output.
 
 Docs: https://gaugan-fastai.github.io/gaugan_fastai/inference.html.md"""
 
@@ -8,27 +8,17 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/inference.html.md"""
 
 # %% ../nbs/09_inference.ipynb #c4370926
 from __future__ import annotations
-import json, time, sys
 from pathlib import Path
 import numpy as np
-import torch, torch.nn as nn
+import torch, torch.nn.functional as F
 from PIL import Image
-import matplotlib.pyplot as plt
-from fastcore.basics import patch, store_attr, ifnone, first
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
-from fastai.torch_core import TensorImage
-from fastai.callback.core import Callback
-from fastai.torch_core import set_seed
+from fastcore.basics import patch, store_attr, first, ifnone
 from .core import *
-from .data import (LabelMap, IGNORE_INDEX, SpadeDataLoaders, LabelReader, semantic_input, default_palette,
-                                save_geotiff, make_landcover_demo, LANDCOVER_VALUES, LANDCOVER_CLASSES)
-from .losses import VGGLoss
+from .data import IGNORE_INDEX, LabelReader, ImageReader, semantic_input, save_geotiff
 from .learner import *
 
 # %% auto #0
-__all__ = ['GauGANSynthesizer', 'load_synthesizer', 'save_image', 'class_colour_fidelity', 'synthetic_dls', 'bench_gaugan',
-           'validation_fidelity', 'run_demo']
+__all__ = ['GauGANSynthesizer', 'load_synthesizer', 'save_image']
 
 # %% ../nbs/09_inference.ipynb #ddb423e1
 class GauGANSynthesizer:
@@ -96,10 +86,24 @@ class GauGANSynthesizer:
 
     def read_labels(self, fn:str|Path # a label file in the training data's format (raw values or colours)
                    )->torch.Tensor:
-        "Class ids [H,W] of label file `fn`, read the way the training label files were."
-        if self.label_reader is None:
-            raise ValueError("this model does not record how its label files were read: pass class ids to `generate`")
-        return torch.as_tensor(np.array(self.label_reader(Path(fn)))).long()
+        "Class ids [H,W] of label file `fn`, read the way the training label files were (ids 0..c-1 and 255 if unrecorded)."
+        fn = Path(fn)
+        if not fn.is_file(): raise FileNotFoundError(f"label map {fn} does not exist")
+        reader = ifnone(self.label_reader, LabelReader(list(range(len(self.codes))), [IGNORE_INDEX]))
+        return torch.as_tensor(np.array(reader(fn))).long()
+
+    def resize_labels(self, ids:torch.Tensor # class ids [H,W] of any size
+                     )->torch.Tensor:
+        "`ids` resized to the model's size with nearest-neighbour sampling, which keeps class ids."
+        if tuple(ids.shape) == self.size: return ids
+        return F.interpolate(ids[None, None].float(), size=self.size, mode='nearest')[0, 0].long()
+
+    def read_style(self, fn:str|Path # a photo: any Pillow format, or a GeoTIFF's first three bands
+                  )->np.ndarray:
+        "The style photo in `fn` as uint8 [H, W, 3], resized (bilinear) to the model's size."
+        fn = Path(fn)
+        if not fn.is_file(): raise FileNotFoundError(f"style image {fn} does not exist")
+        return np.asarray(ImageReader()(fn).resize(self.size[::-1], Image.BILINEAR))
 
 # %% ../nbs/09_inference.ipynb #2811683b
 def _reader_args(reader):
@@ -177,157 +181,3 @@ def save_image(image:torch.Tensor, # [3,H,W] float in [0,1], e.g. `generate(...)
     if fn.suffix.lower() in ('.tif', '.tiff'): raise ValueError(f"{fn}: a GeoTIFF needs `like`, the label tile to take the georeference from")
     Image.fromarray(to_uint8(image * 2 - 1)).save(fn)
     return fn
-
-# %% ../nbs/09_inference.ipynb #33d3f0c9
-def class_colour_fidelity(fake:torch.Tensor, # generated images [N,3,H,W] (any consistent range)
-                          real:torch.Tensor, # the real images of the same label maps [N,3,H,W]
-                          labels:torch.Tensor, # label maps [N,H,W], `IGNORE_INDEX` pixels are left out
-                          codes:list # class names (their number is the number of classes)
-                         )->dict:
-    "Fraction of classes whose mean generated colour is nearest to their own mean real colour, and the details."
-    fake, real = (plain(t).detach().float().cpu().movedim(1, -1).reshape(-1, 3) for t in (fake, real))
-    labels = plain(labels).cpu().reshape(-1)
-    if len(fake) != len(labels) or len(real) != len(labels):
-        raise ValueError(f"fake, real and labels must cover the same pixels, got {len(fake)}, {len(real)}, {len(labels)}")
-    present = [c for c in range(len(codes)) if (labels == c).any()]
-    if not present: raise ValueError("the label maps hold no pixel of any class")
-    mean = lambda px, c: px[labels == c].mean(0)
-    real_means = torch.stack([mean(real, c) for c in present])
-    passed = {}
-    for i, c in enumerate(present):
-        dists = (real_means - mean(fake, c)).norm(dim=1)
-        passed[codes[c]] = bool(dists.argmin() == i)
-    return {'score': sum(passed.values()) / len(passed), 'passed': passed,
-            'absent': [codes[c] for c in range(len(codes)) if c not in present]}
-
-# %% ../nbs/09_inference.ipynb #848236bd
-def synthetic_dls(n_classes:int=8, # classes of the label maps
-                  size:int=256, # side of the square tiles
-                  bs:int=16, # batch size
-                  n_batches:int=4, # batches per epoch
-                  device:str|torch.device|None=None # where the batches live (`None`: the best available)
-                 )->DataLoaders:
-    "In-memory `DataLoaders` of blocky random label maps and matching noisy images, on `device` (for benchmarks)."
-    device, g = get_device(device), torch.Generator().manual_seed(0)
-    blocks = torch.randint(0, n_classes, (bs, size // 16 + 1, size // 16 + 1), generator=g)
-    labels = blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)[:, :size, :size]
-    palette = default_palette(n_classes)
-    images = torch.as_tensor(palette).float()[labels].movedim(-1, 1) / 127.5 - 1
-    images = (images + 0.1 * torch.randn(images.shape, generator=g)).clamp(-1, 1)
-    items = [(LabelMap(l.to(device)), TensorImage(i.to(device))) for l, i in zip(labels, images)] * n_batches
-    dls = DataLoaders(DataLoader(items, bs=bs, device=device), DataLoader(items[:bs], bs=bs, device=device), device=device)
-    dls.codes, dls.palette, dls.c, dls.semantic_nc = [f'class {i}' for i in range(n_classes)], palette, n_classes, n_classes
-    return dls
-
-# %% ../nbs/09_inference.ipynb #c102ef27
-def _sync(device):
-    if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
-
-def _max_rss():
-    "Peak resident memory of this process in bytes (Linux, macOS), or NaN where the `resource` module is missing."
-    try: import resource
-    except ImportError: return float('nan')
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == 'darwin' else rss * 1024 # macOS reports bytes, Linux kilobytes
-
-class _IterTimer(Callback):
-    "Time the training batches from batch `start` to the end of the epoch."
-    order = 100
-    def __init__(self, start): self.start = start
-    def before_batch(self):
-        if self.training and self.iter == self.start: _sync(self.dls.device); self.t0 = time.perf_counter()
-    def after_epoch(self): _sync(self.dls.device); self.elapsed = time.perf_counter() - self.t0
-
-# %% ../nbs/09_inference.ipynb #f6c08bd5
-def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
-                 size:int=256, # side of the square images
-                 bs:int=16, # batch size
-                 precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
-                 ngf:int=64, # generator width
-                 use_vae:bool=True, # with the style encoder and KL term
-                 vgg:bool=True, # with the VGG loss (random weights: same compute)
-                 n_classes:int=8, # classes of the synthetic label maps
-                 n_iters:int=10, # timed iterations (one generator and one critic step each)
-                 warmup:int=2, # untimed iterations first
-                 device:str|torch.device|None=None # `None`: the best available
-                )->dict:
-    "Training images/s, peak memory and batch-1 generation latency of a GauGAN configuration on this machine."
-    device = get_device(device)
-    dls = synthetic_dls(n_classes, size, bs, 2 * (warmup + n_iters), device)
-    learn = gaugan_learner(dls, arch=arch, ngf=ngf, use_vae=use_vae, vgg=VGGLoss(pretrained=False) if vgg else False,
-                           precision=precision, checkpoint=None)
-    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
-    timer = _IterTimer(2 * warmup)
-    with learn.no_logging(), learn.no_bar(): learn.fit(1, cbs=timer)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else _max_rss()
-    synth, labels = learn.synthesizer(), dls.one_batch()[0][:1]
-    amp = torch.autocast(device.type, dtype=autocast_dtype(device) if precision == 'bf16' else torch.float16,
-                         enabled=precision != 'fp32')
-    times = []
-    with amp:
-        for i in range(warmup + 5):
-            _sync(device); t0 = time.perf_counter()
-            synth.generate(labels, seed=i)
-            _sync(device); times.append(time.perf_counter() - t0)
-    return {'arch': arch, 'size': size, 'bs': bs, 'precision': precision, 'ngf': ngf, 'use_vae': use_vae, 'vgg': vgg,
-            'device': str(device), 'train_images_per_s': round(n_iters * bs / timer.elapsed, 3),
-            'train_s_per_iter': round(timer.elapsed / n_iters, 4), 'peak_memory_gb': round(peak / 2**30, 3),
-            'peak_memory_kind': 'cuda allocated' if device.type == 'cuda' else 'process max RSS',
-            'generate_latency_ms': round(1000 * float(np.median(times[warmup:])), 2)}
-
-# %% ../nbs/09_inference.ipynb #f347c3a6
-def validation_fidelity(learn:GauGANLearner, # a trained learner
-                        seed:int=0 # seed of the random styles
-                       )->dict:
-    "`class_colour_fidelity` of images generated (random style) for all validation tiles of `learn.dls`."
-    fakes, reals, labels = [], [], []
-    for *lbls, real in learn.dls.valid:
-        seg = learn.model.semantic(*lbls)
-        fakes.append(learn.model.generator.synthesize(seg, seed=seed)[:, 0].cpu())
-        reals.append(plain(real).cpu()); labels.append(plain(lbls[0]).cpu())
-    return class_colour_fidelity(torch.cat(fakes), torch.cat(reals), torch.cat(labels), learn.dls.codes)
-
-# %% ../nbs/09_inference.ipynb #ee97aee0
-def run_demo(out:str|Path='gaugan-demo', # folder for the data, pictures, model and report
-             n_tiles:int=160, # tiles of the synthetic land-cover set (20% for validation)
-             size:int=64, # tile side in pixels
-             bs:int=8, # batch size
-             epochs:int=10, # training epochs (`fit_flat_cos`)
-             lr:float=2e-3, # base learning rate (generator lr/2, critic 2*lr)
-             ngf:int=16, # generator width
-             ndf:int=16, # critic width
-             use_vae:bool=False, # train a style encoder too
-             precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
-             min_fidelity:float=0.8, # class-colour fidelity the demo must reach
-             seed:int=0, # seed of the data, the initialization and the samples
-             device:str|torch.device|None=None, # `None`: the best available
-             show_progress:bool=True # fastai's progress bar and epoch table
-            )->dict:
-    "Generate the land-cover demo set, train a small GauGAN on it and write samples, losses, model and report to `out`."
-    start, out = time.time(), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = make_landcover_demo(out/'data', n=n_tiles, size=size, seed=seed)
-    set_seed(seed)
-    dls = SpadeDataLoaders.from_arcgis(data, size=size, bs=bs, num_workers=0, seed=seed, device=get_device(device))
-    learn = gaugan_learner(dls, ngf=ngf, ndf=ndf, use_vae=use_vae, vgg=False, precision=precision, path=out,
-                           checkpoint=None)
-    if show_progress: learn.fit_flat_cos(epochs, lr)
-    else:
-        with learn.no_bar(), learn.no_logging(): learn.fit_flat_cos(epochs, lr)
-    train_seconds = time.time() - start
-    learn.show_results(max_n=4, seed=seed, figsize=(6, 8))
-    plt.savefig(out/'samples.png', dpi=80); plt.close('all')
-    learn.plot_losses()
-    plt.savefig(out/'losses.png', dpi=80); plt.close('all')
-    model = learn.export_synthesizer('landcover.pth')
-    fidelity = validation_fidelity(learn, seed)
-    report = {'settings': dict(n_tiles=n_tiles, bs=bs, epochs=epochs, lr=lr, ndf=ndf, vgg=False, precision=precision,
-                               seed=seed, device=str(dls.device), **learn.settings),
-              'seconds': round(time.time() - start, 1), 'train_seconds': round(train_seconds, 1),
-              'images_per_s': round(epochs * len(dls.train) * bs / train_seconds, 2),
-              'fidelity': fidelity['score'], 'fidelity_per_class': fidelity['passed'],
-              'fidelity_ok': fidelity['score'] >= min_fidelity, 'min_fidelity': min_fidelity,
-              'last_losses': dict(zip(learn.recorder.metric_names[1:-1], map(float, learn.recorder.values[-1]))),
-              'files': {'samples': 'samples.png', 'losses': 'losses.png', 'model': model.name, 'data': 'data'}}
-    (out/'report.json').write_text(json.dumps(report, indent=1))
-    return report

@@ -143,14 +143,15 @@ def num_params(model:nn.Module # the network
 
 # %% ../nbs/02_spade.ipynb #f216aa22
 def init_weights(model:nn.Module, # the network to initialize in place
-                 init_type:str='xavier', # 'xavier', 'normal', 'kaiming' or 'orthogonal'
+                 init_type:str|None='xavier', # 'xavier', 'normal', 'kaiming', 'orthogonal', or `None` to leave it as it is
                  gain:float=0.02 # gain (xavier, orthogonal) or standard deviation (normal)
                 )->nn.Module:
     "Initialize conv / linear weights as the SPADE reference does (default Xavier-normal, gain 0.02), biases to 0."
     inits = {'xavier': lambda w: nn.init.xavier_normal_(w, gain=gain), 'normal': lambda w: nn.init.normal_(w, 0., gain),
              'kaiming': lambda w: nn.init.kaiming_normal_(w, a=0, mode='fan_in'),
              'orthogonal': lambda w: nn.init.orthogonal_(w, gain=gain)}
-    if init_type not in inits: raise ValueError(f"init_weights: unknown init_type {init_type!r}, expected one of {list(inits)}")
+    if init_type is None: return model
+    if init_type not in inits: raise ValueError(f"init_weights: unknown init_type {init_type!r}, expected one of {list(inits)} or None")
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
             nn.init.normal_(m.weight, 1., gain); nn.init.zeros_(m.bias)

@@ -25,35 +25,35 @@ from .generator import SPADEGenerator
 from .encoder import ConvEncoder, reparameterize
 from .discriminator import MultiscaleDiscriminator
 from .losses import hinge_loss_d, hinge_loss_g, patch_scores, feature_matching_loss, VGGLoss, kl_loss
-from .pix2pix import UNetGenerator
+from .pix2pix import UNetGenerator, l1_reconstruction_loss
 
 # %% auto #0
 __all__ = ['ConditionalGenerator', 'conditional_generator', 'GauGAN', 'GauGANLoss', 'LossTerm', 'GauGANTrainer', 'TTUR',
-           'gan_splitter', 'DeviceMixedPrecision', 'NonFiniteLossError', 'StopOnNonFinite', 'to_uint8', 'GauGANLearner',
+           'gan_splitter', 'DeviceMixedPrecision', 'NonFiniteLossError', 'StopOnNonFinite', 'GauGANLearner',
            'gaugan_learner']
 
 # %% ../nbs/08_learner.ipynb #cc017c08
 class ConditionalGenerator(Module):
-    "Generator from label maps with an optional style encoder; keeps the last encoding's `mu`, `logvar` for the KL term."
+    "Generator from label maps with an optional style encoder; returns the images and, when it encoded a style, `mu`, `logvar`."
     def __init__(self, net:nn.Module, # label map (+ z) -> image in [-1,1]: `SPADEGenerator` or `UNetGenerator`
                  encoder:nn.Module|None=None, # image -> (mu, logvar): `ConvEncoder`, or `None` for no style input
                  takes_z:bool=True, # whether `net` takes a style code `z` as second argument
                  z_dim:int=256 # size of the style code
                 ):
         store_attr('net,encoder,takes_z,z_dim')
-        self.mu = self.logvar = None
 
     def forward(self, seg:Tensor, # one-hot label map [bs, semantic_nc, H, W]
                 style:Tensor|None=None, # images in [-1,1] whose style is encoded into z (needs an encoder)
                 z:Tensor|None=None # style codes [bs, z_dim], used when no `style` is given
-               )->Tensor:
-        self.mu = self.logvar = None
+               )->dict: # {'fake': images [bs, 3, H, W] in [-1,1]} plus 'mu', 'logvar' [bs, z_dim] when `style` was encoded
+        out = {}
         if style is not None:
             if self.encoder is None: raise ValueError("A style image was given but this generator has no style encoder "
                                                       "(it was built with use_vae=False)")
-            self.mu, self.logvar = self.encoder(plain(style))
-            z = reparameterize(self.mu, self.logvar)
-        return self.net(seg, z) if self.takes_z else self.net(seg)
+            out['mu'], out['logvar'] = self.encoder(plain(style))
+            z = reparameterize(out['mu'], out['logvar'])
+        out['fake'] = self.net(seg, z) if self.takes_z else self.net(seg)
+        return out
 
     @torch.no_grad()
     def synthesize(self, seg:Tensor, # one-hot label maps [bs, semantic_nc, H, W]
@@ -87,16 +87,18 @@ def conditional_generator(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
                           use_vae:bool=True, # add the style encoder (SPADE/CLADE only)
                           crop_size:int=256, # width of the images
                           aspect_ratio:float=1.0, # width / height of the images
-                          num_upsampling_layers:str='normal' # 'normal', 'more' or 'most' (SPADE/CLADE only)
+                          num_upsampling_layers:str='normal', # 'normal', 'more' or 'most' (SPADE/CLADE only)
+                          init_type:str|None='xavier', # initialization of SPADE/CLADE and the encoder (see `init_weights`)
+                          init_gain:float=0.02 # its gain
                          )->ConditionalGenerator:
-    "Build the generator side of the GAN named by `arch` (random initialization)."
+    "Build the generator side of the GAN named by `arch`, initialized as the reference initializes it."
     if arch == 'pix2pix': # as many U-Net levels as the image size allows, at most pix2pix's 8 (for 256x256)
         num_downs = min(8, int(np.log2(min(crop_size, round(crop_size / aspect_ratio)))))
         return ConditionalGenerator(UNetGenerator(label_nc, ngf=ngf, num_downs=num_downs), takes_z=False)
     if arch not in ('spade', 'clade'): raise ValueError(f"arch {arch!r} is not one of 'spade', 'clade', 'pix2pix'")
     net = SPADEGenerator(label_nc, ngf=ngf, z_dim=z_dim, num_upsampling_layers=num_upsampling_layers, use_vae=use_vae,
-                         crop_size=crop_size, aspect_ratio=aspect_ratio, norm=arch)
-    encoder = ConvEncoder(ngf=ngf, z_dim=z_dim, crop_size=crop_size) if use_vae else None
+                         crop_size=crop_size, aspect_ratio=aspect_ratio, norm=arch, init_type=init_type, init_gain=init_gain)
+    encoder = ConvEncoder(ngf=ngf, z_dim=z_dim, crop_size=crop_size, init_type=init_type, init_gain=init_gain) if use_vae else None
     return ConditionalGenerator(net, encoder, z_dim=z_dim)
 
 # %% ../nbs/08_learner.ipynb #e2c9bdd2
@@ -107,7 +109,7 @@ class GauGAN(GANModule):
                  n_classes:int # classes of the label maps (their one-hot channels)
                 ):
         super().__init__(generator, critic, gen_mode=False)
-        self.n_classes, self.seg = n_classes, None
+        self.n_classes = n_classes
 
     def semantic(self, labels:Tensor, instances:Tensor|None=None)->Tensor:
         "The one-hot label map (plus instance edges) the networks consume."
@@ -122,15 +124,16 @@ class GauGAN(GANModule):
     def forward(self, *xb):
         "Generator mode: the generated images. Critic mode: critic features of (fake, real)."
         *labels, real = xb
-        self.seg = seg = self.semantic(*labels)
+        seg = self.semantic(*labels)
         style = real if self.generator.encoder is not None else None
-        if self.gen_mode: return self.generator(seg, style)
-        with torch.no_grad(): fake = self.generator(seg, style)
+        if self.gen_mode: return {**self.generator(seg, style), 'seg': seg}
+        with torch.no_grad(): fake = self.generator(seg, style)['fake']
         return self.discriminate(seg, fake, real)
 
 # %% ../nbs/08_learner.ipynb #973c13be
 class GauGANLoss(GANModule):
     "Generator and critic losses of GauGAN (and the pix2pix baseline); the last call's weighted terms are in `terms`."
+    critic_terms = ('d_loss', 'score_real', 'score_fake')
     def __init__(self, gan_model:GauGAN, # the model, whose critic the generator loss consults
                  lambda_fm:float=10., # weight of discriminator feature matching (0: off)
                  lambda_kl:float=0.05, # weight of the KL term (used when the generator has an encoder)
@@ -141,19 +144,26 @@ class GauGANLoss(GANModule):
         store_attr('gan_model,lambda_fm,lambda_kl,lambda_l1,vgg')
         self.terms = {}
 
-    def generator(self, fake:Tensor, real:Tensor)->Tensor:
-        "Loss of the generator step for the generated images `fake`."
-        real, m = plain(real), self.gan_model
-        fake_feats, real_feats = m.discriminate(m.seg, fake, real)
-        t = {'g_gan': hinge_loss_g(fake_feats)}
-        if self.lambda_fm: t['g_fm'] = feature_matching_loss(fake_feats, real_feats, lambda_feat=self.lambda_fm)
-        if self.vgg is not None: t['g_vgg'] = self.vgg(fake, real)
-        if m.generator.mu is not None and self.lambda_kl:
-            t['g_kl'] = kl_loss(m.generator.mu, m.generator.logvar, lambda_kld=self.lambda_kl)
-        if self.lambda_l1: t['g_l1'] = self.lambda_l1 * F.l1_loss(fake, real)
-        t['g_loss'] = sum(t.values())
-        self.terms = t
-        return t['g_loss']
+    @property
+    def generator_terms(self)->list:
+        "Names of the generator loss terms this loss computes, the total 'g_loss' first."
+        uses_kl = self.gan_model.generator.encoder is not None and bool(self.lambda_kl)
+        return ['g_loss', 'g_gan'] + ['g_fm'] * bool(self.lambda_fm) + ['g_vgg'] * (self.vgg is not None) \
+               + ['g_kl'] * uses_kl + ['g_l1'] * bool(self.lambda_l1)
+
+    def generator(self, pred:dict, # `GauGAN`'s generator-mode output: 'fake', 'seg' (and 'mu', 'logvar')
+                  real:Tensor)->Tensor:
+        "Loss of the generator step for the generated images `pred['fake']`."
+        real, fake = plain(real), pred['fake']
+        fake_feats, real_feats = self.gan_model.discriminate(pred['seg'], fake, real)
+        term = {'g_gan': lambda: hinge_loss_g(fake_feats),
+                'g_fm': lambda: feature_matching_loss(fake_feats, real_feats, lambda_feat=self.lambda_fm),
+                'g_vgg': lambda: self.vgg(fake, real),
+                'g_kl': lambda: kl_loss(pred['mu'], pred['logvar'], lambda_kld=self.lambda_kl),
+                'g_l1': lambda: l1_reconstruction_loss(fake, real, lambda_l1=self.lambda_l1)}
+        t = {name: term[name]() for name in self.generator_terms[1:]}
+        self.terms = {'g_loss': sum(t.values()), **t}
+        return self.terms['g_loss']
 
     def critic(self, feats:tuple, real:Tensor)->Tensor:
         "Loss of the critic step for the critic features `(fake_feats, real_feats)`."
@@ -237,12 +247,6 @@ class StopOnNonFinite(Callback):
         raise NonFiniteLossError(f"The {mode} loss became {self.loss.item()} at epoch {self.epoch}, batch {self.iter}: "
                                  f"training stopped before this step, {keep} (maybe with a lower learning rate).")
 
-# %% ../nbs/08_learner.ipynb #ee1cf1ca
-def to_uint8(images:Tensor # float [..., 3, H, W] in [-1,1]
-            )->np.ndarray:
-    "RGB uint8 array [..., H, W, 3] of images in [-1,1]."
-    return ((plain(images).detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).numpy()
-
 # %% ../nbs/08_learner.ipynb #7b274f89
 class GauGANLearner(Learner):
     "A fastai `Learner` for `GauGAN` models (build it with `gaugan_learner`)."
@@ -301,11 +305,6 @@ class GauGANLearner(Learner):
         self.load(found[-1].stem, with_opt=True)
         return int(found[-1].stem.rsplit('_', 1)[1]) + 1
 
-# %% ../nbs/08_learner.ipynb #7dc97a3d
-def _term_names(arch, use_vae, vgg, lambda_fm, lambda_kl, lambda_l1):
-    g = ['g_loss', 'g_gan'] + ['g_fm'] * bool(lambda_fm) + ['g_vgg'] * bool(vgg) + ['g_kl'] * bool(use_vae and lambda_kl)
-    return g + ['g_l1'] * bool(lambda_l1) + ['d_loss', 'score_real', 'score_fake']
-
 # %% ../nbs/08_learner.ipynb #605bddb5
 @delegates(Learner.__init__, but=['loss_func', 'opt_func', 'splitter', 'metrics', 'moms', 'wd'])
 def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, instances], images)`
@@ -330,6 +329,8 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                    precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
                    channels_last:bool|None=None, # channels-last memory format; `None`: on CUDA only
                    checkpoint:str|None='gaugan', # checkpoint name (saved each epoch), `None` for no checkpoints
+                   init_type:str|None='xavier', # weight initialization of SPADE/CLADE, encoder and critic (`init_weights`)
+                   init_gain:float=0.02, # its gain (the reference's `init_variance`)
                    cbs:list|None=None, # more callbacks
                    **kwargs # passed to `Learner` (e.g. `path`, `model_dir`)
                   )->GauGANLearner:
@@ -342,8 +343,9 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
     h, w = dls.one_batch()[-1].shape[-2:]
     settings = dict(arch=arch, label_nc=dls.semantic_nc, ngf=ngf, z_dim=z_dim, use_vae=use_vae, crop_size=w,
                     aspect_ratio=w/h, num_upsampling_layers=num_upsampling_layers)
-    critic = MultiscaleDiscriminator(dls.semantic_nc + 3, ndf=ndf, n_layers=n_layers_D, num_D=num_D)
-    model = GauGAN(conditional_generator(**settings), critic, dls.c)
+    critic = MultiscaleDiscriminator(dls.semantic_nc + 3, ndf=ndf, n_layers=n_layers_D, num_D=num_D, init_type=init_type,
+                                     init_gain=init_gain)
+    model = GauGAN(conditional_generator(**settings, init_type=init_type, init_gain=init_gain), critic, dls.c)
     loss = GauGANLoss(model, lambda_fm, lambda_kl, lambda_l1, vgg)
     on_cuda = dls.device is not None and torch.device(dls.device).type == 'cuda'
     cbs = [GauGANTrainer(), ifnone(switcher, FixedGANSwitcher(n_crit=n_crit, n_gen=1)), TTUR(ttur), StopOnNonFinite()]\
@@ -351,7 +353,7 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
           + ([ChannelsLast()] if ifnone(channels_last, on_cuda) else []) + L(cbs)
     learn = GauGANLearner(dls, model, loss_func=loss, opt_func=partial(OptimWrapper, opt=torch.optim.Adam, betas=betas),
                           lr=lr, wd=0., moms=(betas[0],)*3, splitter=gan_splitter,
-                          metrics=[LossTerm(n) for n in _term_names(arch, use_vae, vgg, lambda_fm, lambda_kl, lambda_l1)],
+                          metrics=[LossTerm(n) for n in loss.generator_terms + list(loss.critic_terms)],
                           cbs=cbs, **kwargs)
     learn.recorder.train_metrics, learn.recorder.valid_metrics = True, False
     learn.settings = settings

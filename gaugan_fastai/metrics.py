@@ -13,7 +13,7 @@ from pathlib import Path
 from functools import partial
 import torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.models.inception import Inception3, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, BasicConv2d
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, ifnone
 from fastcore.meta import delegates
 from fastai.layers import ConvLayer
 from fastai.losses import CrossEntropyLossFlat
@@ -23,16 +23,18 @@ from fastai.callback.core import Callback
 from fastai.callback.schedule import *
 from fastai.callback.fp16 import *
 from fastai.callback.channelslast import *
-from .core import get_device, autocast_dtype, plain
-from .data import IGNORE_INDEX, SpadeDataLoaders
+from .core import get_device, autocast_dtype, plain, to_pixels
+from .data import IGNORE_INDEX, semantic_input
+from .formats import DATA_FORMATS, detect_format, data_loaders
 from .inference import load_synthesizer
 
 # %% auto #0
-__all__ = ['FID_WEIGHTS', 'DATA_FORMATS', 'SCORE_NAMES', 'confusion_matrix', 'segmentation_scores', 'SegmenterUNet',
-           'PhotoToLabel', 'train_segmenter', 'save_segmenter', 'load_segmenter', 'segment', 'frechet_distance',
-           'kernel_distance', 'inception_network', 'InceptionFeatures', 'load_inception', 'mean_pairwise_distance',
-           'l1_distance', 'l2_distance', 'score_generator', 'generator_fn', 'get_segmenter', 'get_inception',
-           'evaluate', 'SynthesisScores', 'data_loaders', 'evaluate_model', 'format_scores']
+__all__ = ['FID_WEIGHTS', 'SCORE_NAMES', 'confusion_matrix', 'segmentation_scores', 'SegmenterUNet', 'PhotoToLabel',
+           'train_segmenter', 'save_segmenter', 'load_segmenter', 'segment', 'frechet_distance', 'kernel_distance',
+           'inception_network', 'InceptionFeatures', 'load_inception', 'mean_pairwise_distance', 'l1_distance',
+           'l2_distance', 'class_color_stats', 'class_color_fidelity', 'score_generator', 'generator_fn',
+           'get_segmenter', 'get_inception', 'evaluate', 'validation_fidelity', 'SynthesisScores', 'evaluate_model',
+           'format_scores']
 
 # %% ../nbs/14_metrics.ipynb #6659f309
 def confusion_matrix(pred:torch.Tensor, # predicted class ids, int [N,H,W]
@@ -272,6 +274,41 @@ def l2_distance(a, b):
     "Euclidean distance of each pair `a[i]`, `b[i]`: `[N]`."
     return (a - b).flatten(1).norm(dim=1)
 
+# %% ../nbs/14_metrics.ipynb #7524d010
+def class_color_stats(labels:torch.Tensor, # class ids `[bs,H,W]`
+                      images:torch.Tensor, # photos `[bs,3,H,W]`, in [-1,1]
+                      n_classes:int)->tuple: # (mean `[c,3]`, std `[c,3]`, pixel count `[c]`), colours in 0..255
+    "Per-class mean and standard deviation of photo colours: what the label -> photo mapping should reproduce."
+    seg = semantic_input(labels, n_classes).flatten(2)  # [bs,c,HW]
+    px = to_pixels(images).flatten(2)  # [bs,3,HW]
+    n = seg.sum((0, 2))
+    s1 = torch.einsum('bcp,bkp->ck', seg, px)
+    s2 = torch.einsum('bcp,bkp->ck', seg, px ** 2)
+    mean = s1 / n.clamp(min=1)[:, None]
+    return mean, (s2 / n.clamp(min=1)[:, None] - mean ** 2).clamp(min=0).sqrt(), n
+
+# %% ../nbs/14_metrics.ipynb #33d3f0c9
+def class_color_fidelity(fake:torch.Tensor, # generated images [N,3,H,W] (any consistent range)
+                         real:torch.Tensor, # the real images of the same label maps [N,3,H,W]
+                         labels:torch.Tensor, # label maps [N,H,W], `IGNORE_INDEX` pixels are left out
+                         codes:list # class names (their number is the number of classes)
+                        )->dict:
+    "Fraction of classes whose mean generated colour is nearest to their own mean real colour, and the details."
+    fake, real = (plain(t).detach().float().cpu().movedim(1, -1).reshape(-1, 3) for t in (fake, real))
+    labels = plain(labels).cpu().reshape(-1)
+    if len(fake) != len(labels) or len(real) != len(labels):
+        raise ValueError(f"fake, real and labels must cover the same pixels, got {len(fake)}, {len(real)}, {len(labels)}")
+    present = [c for c in range(len(codes)) if (labels == c).any()]
+    if not present: raise ValueError("the label maps hold no pixel of any class")
+    mean = lambda px, c: px[labels == c].mean(0)
+    real_means = torch.stack([mean(real, c) for c in present])
+    passed = {}
+    for i, c in enumerate(present):
+        dists = (real_means - mean(fake, c)).norm(dim=1)
+        passed[codes[c]] = bool(dists.argmin() == i)
+    return {'score': sum(passed.values()) / len(passed), 'passed': passed,
+            'absent': [codes[c] for c in range(len(codes)) if c not in present]}
+
 # %% ../nbs/14_metrics.ipynb #d55e509f
 @torch.no_grad()
 def score_generator(generate, # `generate(labels, [instances,] seed=s)` -> images [N,3,H,W] in [-1,1]
@@ -362,7 +399,7 @@ def _loader(dls, split):
     if len(dl) == 0: raise ValueError(f"the {split} set of the data is empty (or smaller than one batch with drop_last)")
     return dl
 
-def evaluate(learn, # a `GauGANLearner` (or anything with a `generate` like it)
+def evaluate(learn, # a `GauGANLearner` or a `GauGANSynthesizer` (anything with a `generate` like theirs)
              dls=None, # data to score on; default `learn.dls`
              segmenter:SegmenterUNet|str|Path|None=None, # see `get_segmenter`
              split:str='valid', # 'valid' or 'train'
@@ -378,6 +415,16 @@ def evaluate(learn, # a `GauGANLearner` (or anything with a `generate` like it)
     batches = dl if max_batches is None else itertools.islice(dl, max_batches)
     return score_generator(generator_fn(learn), batches, segmenter, get_inception(inception, dls.device),
                            n_diversity=n_diversity, seed=style_seed)
+
+# %% ../nbs/14_metrics.ipynb #f347c3a6
+def validation_fidelity(learn, # a trained `GauGANLearner`
+                        seed:int=0 # seed of the random styles
+                       )->dict:
+    "`class_color_fidelity` of images generated (random style) for all validation label maps of `learn.dls`."
+    generate, fakes, reals, labels = generator_fn(learn), [], [], []
+    for *inputs, real in learn.dls.valid:
+        fakes.append(generate(*inputs, seed=seed).cpu()); reals.append(plain(real).cpu()); labels.append(plain(inputs[0]).cpu())
+    return class_color_fidelity(torch.cat(fakes), torch.cat(reals), torch.cat(labels), learn.dls.codes)
 
 # %% ../nbs/14_metrics.ipynb #2208d6b4
 class SynthesisScores(Callback):
@@ -414,18 +461,6 @@ class SynthesisScores(Callback):
         return float('nan') if value is None else value
 
 # %% ../nbs/14_metrics.ipynb #7a1f0953
-DATA_FORMATS = ('folders', 'cmp_facades', 'arcgis')
-
-def data_loaders(format:str, # one of `DATA_FORMATS`: which `SpadeDataLoaders.from_<format>` reads it
-                 path:str|Path, # the data set's folder
-                 **kwargs # passed to the factory (size, bs, seed, valid_pct, codes, values...)
-                )->SpadeDataLoaders:
-    "`SpadeDataLoaders.from_<format>(path, **kwargs)`."
-    factory = getattr(SpadeDataLoaders, f'from_{format}', None) if format in DATA_FORMATS else None
-    if factory is None:
-        raise ValueError(f"unknown data format {format!r}: use one of {[f for f in DATA_FORMATS if hasattr(SpadeDataLoaders, f'from_{f}')]}")
-    return factory(path, **kwargs)
-
 def _json_ready(o):
     "`o` with NaN (a class that never occurs) as `None`, so that the file is valid JSON."
     if isinstance(o, dict): return {k: _json_ready(v) for k, v in o.items()}
@@ -435,7 +470,7 @@ def _json_ready(o):
 # %% ../nbs/14_metrics.ipynb #1b24ba5c
 def evaluate_model(model_path:str|Path, # a model file written by `learn.export_synthesizer` / `GauGANSynthesizer.save`
                    data_path:str|Path, # the data set's folder
-                   format:str='folders', # its format, see `DATA_FORMATS`
+                   format:str|None=None, # its format (a name in `DATA_FORMATS`); `None` to recognise it
                    split:str='valid', # 'valid' or 'train'
                    segmenter:str|Path|SegmenterUNet|None=None, # segmenter file (trained there if missing), see `get_segmenter`
                    out:str|Path|None=None, # JSON file to write the results to
@@ -445,19 +480,18 @@ def evaluate_model(model_path:str|Path, # a model file written by `learn.export_
                    bs:int=8, # batch size
                    style_seed:int=0, # seed of the first batch's style codes
                    device=None, # where to compute
-                   **data_kwargs # passed to the data factory: the split (`seed`, `valid_pct`, `splitter`), `codes`, `values`...
+                   **data_kwargs # passed to the format's loader: the split (`seed`, `valid_pct`), `codes`, `values`...
                   )->dict:
     "Score the model in `model_path` on the `split` set of the data at `data_path`; write the results to `out` as JSON."
     synth = load_synthesizer(model_path, device)
-    if format == 'folders': data_kwargs.setdefault('codes', list(synth.codes))  # label files hold the class ids
-    dls = data_loaders(format, data_path, size=synth.size, bs=bs, device=synth.device, **data_kwargs)
+    format = ifnone(format, detect_format(data_path))
+    if format in DATA_FORMATS and DATA_FORMATS[format].accepts('codes') and not {'codes', 'values'} & set(data_kwargs):
+        values = synth.label_reader.values if synth.label_reader is not None else range(len(synth.codes))
+        data_kwargs.update(codes=list(synth.codes), values=list(values))  # the files hold the model's label values
+    dls = data_loaders(data_path, format, size=synth.size, bs=bs, device=synth.device, **data_kwargs)
     if list(dls.codes) != list(synth.codes):
         raise ValueError(f"the model {model_path} was trained for classes {list(synth.codes)}, the data {data_path} has {list(dls.codes)}")
-    dl = _loader(dls, split)
-    model_segmenter = get_segmenter(dls, segmenter, device=synth.device)
-    batches = dl if max_batches is None else itertools.islice(dl, max_batches)
-    res = score_generator(generator_fn(synth), batches, model_segmenter, get_inception(inception, synth.device),
-                          n_diversity=n_diversity, seed=style_seed)
+    res = evaluate(synth, dls, segmenter, split, inception, n_diversity, max_batches, style_seed)
     res = dict(model=str(model_path), data=str(data_path), format=format, split=split, codes=list(synth.codes),
                segmenter=None if isinstance(segmenter, nn.Module) else segmenter and str(segmenter), **res)
     if out is not None:

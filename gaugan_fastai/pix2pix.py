@@ -12,10 +12,9 @@ from torch import nn
 import torch.nn.functional as F
 from .core import plain
 from .layers import init_weights
-from .discriminator import NLayerDiscriminator
 
 # %% auto #0
-__all__ = ['UNetSkipBlock', 'UNetGenerator', 'pix2pix_discriminator', 'l1_reconstruction_loss']
+__all__ = ['UNetSkipBlock', 'UNetGenerator', 'l1_reconstruction_loss']
 
 # %% ../nbs/07_pix2pix.ipynb #349b6006
 _unet_norms = {'batch': lambda nf: nn.BatchNorm2d(nf), 'instance': lambda nf: nn.InstanceNorm2d(nf, affine=False)}
@@ -72,13 +71,6 @@ class UNetGenerator(nn.Module):
             raise ValueError(f"UNetGenerator with num_downs={self.num_downs} needs height and width divisible by {side}, "
                              f"got {seg.shape[-2]}x{seg.shape[-1]}: crop or resize the data, or lower num_downs")
         return self.model(seg)
-
-# %% ../nbs/07_pix2pix.ipynb #3c32e02d
-def pix2pix_discriminator(input_nc:int, # channels of `torch.cat([seg, image], 1)`
-                          ndf:int=64 # width of the first convolution
-                         )->NLayerDiscriminator:
-    "pix2pix's single-scale 70x70 PatchGAN (batch norm, N(0, 0.02) init); forward returns all features, scores last."
-    return init_weights(NLayerDiscriminator(input_nc, ndf, n_layers=4, norm='batch'), 'normal', 0.02)
 
 # %% ../nbs/07_pix2pix.ipynb #0e1a810b
 def l1_reconstruction_loss(fake:torch.Tensor, # generated images, [bs, 3, H, W]
