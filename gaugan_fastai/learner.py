@@ -63,19 +63,20 @@ class ConditionalGenerator(Module):
                   )->Tensor:
         "`n` images per label map, in eval mode, as [bs, n, 3, H, W] in [-1,1]."
         bs = seg.shape[0]
-        z = None
         if style is not None and self.encoder is None:
             raise ValueError("A style image was given but this generator has no style encoder (built with use_vae=False)")
-        if self.encoder is not None:
-            with seeded(seed): eps = torch.randn(bs, n, self.z_dim)
-            if style is None: z = eps
-            else:
-                mu, logvar = (t.float().cpu()[:, None].expand(bs, n, -1) for t in self.encoder(plain(style).to(seg)))
-                z = mu + eps * torch.exp(0.5 * logvar)
-            z = z.flatten(0, 1).to(seg)
         was_training = self.training
-        self.eval()
-        try: out = self.net(seg.repeat_interleave(n, 0), z) if self.takes_z else self.net(seg.repeat_interleave(n, 0))
+        self.eval()  # before the encoder runs too: no spectral-norm update, running batch-norm statistics
+        try:
+            z = None
+            if self.encoder is not None:
+                with seeded(seed): eps = torch.randn(bs, n, self.z_dim)
+                if style is None: z = eps
+                else:
+                    mu, logvar = (t.float().cpu()[:, None].expand(bs, n, -1) for t in self.encoder(plain(style).to(seg)))
+                    z = mu + eps * torch.exp(0.5 * logvar)
+                z = z.flatten(0, 1).to(seg)
+            out = self.net(seg.repeat_interleave(n, 0), z) if self.takes_z else self.net(seg.repeat_interleave(n, 0))
         finally: self.train(was_training)
         return out.view(bs, n, *out.shape[1:])
 
