@@ -19,6 +19,7 @@ from .core import *
 from .data import GEOTIFF_SUFFIXES, read_georef
 from .formats import DATA_FORMATS, detect_format, data_loaders
 from .learner import gaugan_learner, NonFiniteLossError
+from .distributed import num_processes, launched_process_group, main_process_output
 from .losses import VGGLoss
 from .inference import load_synthesizer, save_image
 from .bench import bench_gaugan
@@ -59,7 +60,7 @@ def gaugan_train(
     codes:Annotated[str, {'nargs': '+'}]=None, # class names (folders format; overrides an ArcGIS export's)
     values:Annotated[int, {'nargs': '+'}]=None, # label value of each class (folders, ArcGIS)
     size:int=256, # crop size (square, pixels)
-    bs:int=8, # batch size
+    bs:int=8, # batch size per process (N processes under torchrun or accelerate launch: batches of N x --bs)
     epochs:int=10, # epochs in total (with --resume: including those already done)
     lr:float=_learner['lr'], # peak base learning rate (generator lr/2, discriminator 2*lr)
     arch:Annotated[str, {'choices': _ARCHS}]='spade', # generator: SPADE (GauGAN), CLADE or the pix2pix U-Net
@@ -78,7 +79,7 @@ def gaugan_train(
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
     "Train GauGAN on a data set of label maps and photos; save checkpoints and export the model."
-    with user_errors('gaugan-train'), seeded(seed):
+    with main_process_output(), user_errors('gaugan-train'), launched_process_group(device), seeded(seed):
         format = ifnone(format, detect_format(data))
         dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, device=get_device(device),
                            **given(codes=codes, values=values, valid_pct=valid_pct))
@@ -89,12 +90,15 @@ def gaugan_train(
                                checkpoint='gaugan', path=Path(checkpoints).absolute(), model_dir='.')
         start = _resume(learn) if resume else 0
         if not resume and learn.checkpoints(): print(f"Starting afresh: the checkpoints in {checkpoints} will be overwritten")
-        print(f"Training {arch} on {len(dls.train_ds)} samples of {data} ({format} layout), "
-              f"{size}x{size}, batch {bs}, {precision}, on {dls.device}: epochs {start + 1}..{epochs}")
-        if start < epochs: learn.fit_one_cycle(epochs, lr, start_epoch=start)
+        n = num_processes()
+        print(f"Training {arch} on {len(dls.train_ds)} samples of {data} ({format} layout), {size}x{size}, "
+              f"batch {bs} per process x {n} process{'es' * (n > 1)} = {bs * n}, {precision}, on {dls.device}: "
+              f"epochs {start + 1}..{epochs}")
+        if start < epochs:
+            with learn.distrib_ctx(): learn.fit_one_cycle(epochs, lr, start_epoch=start)
         else: print(f"The checkpoints already cover {start} epochs: nothing to train")
         model = learn.export_synthesizer(Path(out).absolute())
-    print(f"Model written to {out}")
+        print(f"Model written to {out}")
     return model
 
 def _resume(learn)->int:

@@ -1,6 +1,6 @@
 """Small helpers every other notebook uses: choosing the device, the precision to compute in, reproducible random
 numbers, plain tensors out of fastai's typed ones, images as 8-bit pixels, threads when notebooks run side by
-side, and finding the optional real data sets and fixtures.
+side, which of several processes writes files, and finding the optional real data sets and fixtures.
 
 Docs: https://gaugan-fastai.github.io/gaugan_fastai/core.html.md"""
 
@@ -12,16 +12,19 @@ import os, random, contextlib
 from pathlib import Path
 import numpy as np
 import torch
+from fastai.torch_core import rank_distrib
 
 # %% auto #0
-__all__ = ['get_device', 'autocast_dtype', 'seeded', 'plain', 'to_pixels', 'to_uint8', 'notebook_threads', 'shared_data']
+__all__ = ['get_device', 'autocast_dtype', 'seeded', 'plain', 'to_pixels', 'to_uint8', 'notebook_threads', 'is_main_process',
+           'shared_data']
 
 # %% ../nbs/00_core.ipynb #6da65318
 def get_device(device:str|torch.device|None=None # `None` for the best available, else a device or its name
               )->torch.device:
-    "The `torch.device` to compute on: `device` if given, else CUDA, then MPS, then CPU."
+    "The `torch.device` to compute on: `device` if given, else CUDA (GPU number `LOCAL_RANK` when a launcher set it), then MPS, then CPU."
     if device is not None: return torch.device(device)
-    if torch.cuda.is_available(): return torch.device('cuda')
+    if torch.cuda.is_available():
+        return torch.device('cuda', int(os.environ['LOCAL_RANK'])) if 'LOCAL_RANK' in os.environ else torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
 
@@ -74,6 +77,11 @@ def notebook_threads(cpus:int|None=None # cores of this machine (default: `os.cp
     return max(1, cpus // min(cpus, 8))
 
 if os.environ.get('IN_TEST') and not os.environ.get('OMP_NUM_THREADS'): torch.set_num_threads(notebook_threads())
+
+# %% ../nbs/00_core.ipynb #6ade8d70
+def is_main_process()->bool:
+    "Whether this process writes the files and prints the reports: rank 0 of a launch (`RANK`), or the only process."
+    return rank_distrib() == 0
 
 # %% ../nbs/00_core.ipynb #4de0cd75
 def shared_data(name:str, # folder name of the data set, e.g. 'facades-cmp-base', or of the fixture set

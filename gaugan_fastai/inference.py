@@ -167,8 +167,8 @@ def generate(self:GauGANLearner, label_maps, # [H,W] or [bs,H,W] class ids
 @patch
 def export_synthesizer(self:GauGANLearner, fname:str|Path='synthesizer.pth' # file, relative to `learn.path`
                       )->Path:
-    "Save what inference needs (generator, encoder, class names, palette, settings) to `learn.path/fname`."
-    return self.synthesizer().save(self.path/fname)
+    "Save what inference needs (generator, encoder, class names, palette, settings) to `learn.path/fname` (rank 0 of several processes writes it)."
+    return self.synthesizer().save(self.path/fname) if is_main_process() else self.path/fname
 
 # %% ../nbs/09_inference.ipynb #f1d68c9b
 def save_image(image:torch.Tensor, # [3,H,W] float in [0,1], e.g. `generate(...)[0, 0]`

@@ -111,6 +111,13 @@ class GauGAN(GANModule):
                 ):
         super().__init__(generator, critic, gen_mode=False)
         self.n_classes = n_classes
+        self.parallel = {} # network name -> its DistributedDataParallel wrapper, while training on several processes
+
+    def network(self, name:str # 'generator' or 'critic'
+               )->nn.Module:
+        "What to call for network `name`: its `parallel` wrapper while it is the network being trained, else the module."
+        net = getattr(self, name)
+        return self.parallel.get(name, net) if self.gen_mode == (name == 'generator') else net
 
     def semantic(self, labels:Tensor, instances:Tensor|None=None)->Tensor:
         "The one-hot label map (plus instance edges) the networks consume."
@@ -118,7 +125,7 @@ class GauGAN(GANModule):
 
     def discriminate(self, seg:Tensor, fake:Tensor, real:Tensor)->tuple[list, list]:
         "Critic features for `[seg|fake]` and `[seg|real]`, computed as one batch and split."
-        feats = self.critic(torch.cat([torch.cat([seg, fake], 1), torch.cat([seg, plain(real)], 1)], 0))
+        feats = self.network('critic')(torch.cat([torch.cat([seg, fake], 1), torch.cat([seg, plain(real)], 1)], 0))
         n = fake.shape[0]
         return [[f[:n] for f in scale] for scale in feats], [[f[n:] for f in scale] for scale in feats]
 
@@ -127,7 +134,7 @@ class GauGAN(GANModule):
         *labels, real = xb
         seg = self.semantic(*labels)
         style = real if self.generator.encoder is not None else None
-        if self.gen_mode: return {**self.generator(seg, style), 'seg': seg}
+        if self.gen_mode: return {**self.network('generator')(seg, style), 'seg': seg}
         with torch.no_grad(): fake = self.generator(seg, style)['fake']
         return self.discriminate(seg, fake, real)
 
@@ -237,7 +244,7 @@ class NonFiniteLossError(RuntimeError):
 
 class StopOnNonFinite(Callback):
     "Raise `NonFiniteLossError` when a training loss is not finite, before it reaches the optimizer."
-    order = 11 # after `MixedPrecision` (10) has left autocast
+    order = 12 # after `MixedPrecision` (10) has left autocast, `DistributedGauGAN` (11.5) averaged the loss over processes
     def after_loss(self):
         if not self.training or torch.isfinite(self.loss).all(): return
         mode = 'generator' if self.model.gen_mode else 'critic'
