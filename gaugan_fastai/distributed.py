@@ -71,7 +71,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if x.ndim < 2: raise ValueError(f"expected at least 2D input (got {x.ndim}D input)")
 
     def forward(self, x:Tensor)->Tensor:
-        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1): return super().forward(x)
+        if not (self.training and dist.is_initialized()): return super().forward(x) # (a group of one: the sums are its own)
         self._check_input_dim(x)
         dims, shape = [0, *range(2, x.ndim)], [1, -1] + [1] * (x.ndim - 2)
         xf = x.to(torch.promote_types(x.dtype, torch.float32)) # float32 at least, float64 stays
