@@ -20,6 +20,7 @@ from gaugan_fastai.pix2pix import *
 from gaugan_fastai.learner import *
 from gaugan_fastai.inference import *
 from gaugan_fastai.metrics import *
+from gaugan_fastai.paint import *
 
 # %% ../nbs/99_all.ipynb #de391ece
 __all__ = [name for name in dir() if not name.startswith('_')]
