@@ -220,7 +220,7 @@ def compare_precisions(synth:GauGANSynthesizer, # the model (e.g. an `inference_
     return {'fp32_ms': round(ms[False], 1), 'bf16_ms': round(ms[True], 1), 'max_diff': int(diff.max()),
             'mean_diff': round(float(diff.mean()), 3), 'bf16': bool(diff.max() <= max_diff and ms[True] < 0.9 * ms[False])}
 
-# %% ../nbs/17_paint.ipynb #caf90bba
+# %% ../nbs/17_paint.ipynb #702df704
 class Painter:
     "The model side of the paint page: what the model is, images for label maps, label maps from and to files."
     def __init__(self, synth:GauGANSynthesizer, # the model
@@ -315,7 +315,7 @@ class Painter:
             return np.asarray(ImageReader()(fn).resize(self.synth.size[::-1], Image.BILINEAR))
         return self._read_upload(data, name, read)
 
-# %% ../nbs/17_paint.ipynb #ab06ade4
+# %% ../nbs/17_paint.ipynb #fd8e7454
 PAGE_FILES = {'/': ('index.html', 'text/html; charset=utf-8'), '/index.html': ('index.html', 'text/html; charset=utf-8'),
               '/paint.js': ('paint.js', 'text/javascript; charset=utf-8'), '/paint.css': ('paint.css', 'text/css; charset=utf-8')}
 CONTENT_POLICY = "default-src 'self'; img-src 'self' data: blob:"  # no outside scripts, styles, fonts or requests
@@ -328,7 +328,7 @@ def _b64(a:np.ndarray)->str: return base64.b64encode(np.ascontiguousarray(a).tob
 
 def _map_json(res:dict)->dict: return {'ids': _b64(res['ids']), 'message': res['message'], 'georef': res['georef']}
 
-# %% ../nbs/17_paint.ipynb #e2ebea47
+# %% ../nbs/17_paint.ipynb #2a104254
 class PaintHandler(BaseHTTPRequestHandler):
     "One HTTP request to the paint server: the static page or a call of its `Painter`."
     protocol_version = 'HTTP/1.1'  # keep-alive: one connection for all the strokes
@@ -433,7 +433,7 @@ class PaintHandler(BaseHTTPRequestHandler):
         ids = ids_from_bytes(base64.b64decode(str(req.get('ids', ''))), self.painter.synth.size, self.painter.n_classes)
         self._send(labels_geotiff(ids, req['georef'], self.painter.synth.codes), 'image/tiff')
 
-# %% ../nbs/17_paint.ipynb #fd8e7454
+# %% ../nbs/17_paint.ipynb #2fe47ae2
 PAGE_DIR = Path(importlib.resources.files('gaugan_fastai'))/'paint_page'  # the page's files, shipped in the package
 
 class PaintServer(ThreadingHTTPServer):
@@ -486,7 +486,7 @@ class PaintServer(ThreadingHTTPServer):
 
     def __repr__(self): return f"PaintServer({self.painter.name}, {self.url})"
 
-# %% ../nbs/17_paint.ipynb #52f85c38
+# %% ../nbs/17_paint.ipynb #dbf6cc52
 def paint(synth:GauGANSynthesizer, # the model
           examples:str|Path|None=None, # folder of label files to offer as examples (`None`: synthetic ones)
           port:int=0, # the port (0: a free one)
@@ -497,7 +497,7 @@ def paint(synth:GauGANSynthesizer, # the model
     "Serve the paint page for `synth` from this process, on 127.0.0.1; as a cell's result it shows the page inline."
     return PaintServer(Painter(synth, examples, name=name, precision=precision), '127.0.0.1', port, height=height).start()
 
-# %% ../nbs/17_paint.ipynb #b6a1958d
+# %% ../nbs/17_paint.ipynb #67dc2f2f
 @call_parse
 def gaugan_paint(
     model:str, # model file written by gaugan-train (or learn.export_synthesizer)

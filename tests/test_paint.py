@@ -202,6 +202,23 @@ def test_paint_in_browser(page, work):
     after, _ = generated(page, lambda: stroke(page, (5, 40), (30, 40), 4))
     assert np.array_equal(after[painted != after], np.full((painted != after).sum(), URBAN, np.uint8))
 
+def test_strokes_while_waiting_are_not_queued(page):
+    "Three strokes while the first one's request waits: one more request, with the map as it is after all three."
+    sent, held = [], []
+    listen = lambda r: sent.append(r.post_data_buffer) if '/api/generate' in r.url else None
+    page.on('request', listen)
+    page.route('**/api/generate*', lambda route: route.continue_() if held else held.append(route))  # holds the first
+    choose(page, FOREST)
+    for k in range(3): stroke(page, (10 + 20 * k, 8), (10 + 20 * k, 56), 4)
+    page.wait_for_timeout(300)
+    assert len(held) == 1 and len(sent) == 1, (len(held), len(sent))  # strokes 2 and 3 only marked the map as changed
+    held[0].continue_()
+    settled(page)
+    page.unroute('**/api/generate*')
+    page.remove_listener('request', listen)
+    final = np.array(page.evaluate('Array.from(window.gauganPaint.state.labels)'), np.uint8)
+    assert len(sent) == 2 and np.frombuffer(sent[1], np.uint8).tobytes() == final.tobytes()
+
 def test_latency(page):
     "Median time from mouse-up to the stroke's image on screen, over 9 strokes, measured by the page itself."
     page.evaluate('window.gauganPaint.gen.latencies.length = 0')

@@ -380,7 +380,8 @@ async function start() {
   labelCtx = cv.getContext('2d');
   labelImage = labelCtx.createImageData(state.W, state.H);
   $('model-info').textContent = `${info.name}: ${info.classes.length} classes, ${state.H}x${state.W} pixels` +
-                                (info.encoder ? ', style encoder' : '');
+                                (info.encoder ? ', style encoder' : '') + `, ${info.precision.split(' ')[0]}`;
+  $('model-info').title = `computing in ${info.precision}`;
   $('style-unavailable').hidden = info.encoder;
   $('style-available').hidden = !info.encoder;
   $('example').title = info.examples.source;
