@@ -7,7 +7,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/cli.html.md"""
 
 # %% ../nbs/15_cli.ipynb #524f1318
 from __future__ import annotations
-import inspect, json, warnings
+import inspect, json, re, warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +19,7 @@ from .core import *
 from .data import GEOTIFF_SUFFIXES, read_georef
 from .formats import DATA_FORMATS, detect_format, data_loaders
 from .learner import gaugan_learner, NonFiniteLossError
+from .checkpoints import CheckpointError, writable_file, writable_folder
 from .losses import VGGLoss
 from .inference import load_synthesizer, save_image
 from .bench import bench_gaugan

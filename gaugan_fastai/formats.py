@@ -91,7 +91,7 @@ def from_folders(cls:SpadeDataLoaders, path:Path|str, # root folder
     "`SpadeDataLoaders` from same-stem label maps and photos in two folders (png, jpg or tif)."
     if codes is None and values is None:
         raise ValueError(f"{path}: plain label/image folders name no classes: pass codes (class names) and/or values (label values)")
-    values = list(ifnone(values, range(len(codes))))
+    values = list(range(len(codes)) if values is None else values)
     codes = list(ifnone(codes, [f'class{v}' for v in values]))
     if len(codes) != len(values): raise ValueError(f"{len(codes)} codes but {len(values)} values")
     path = Path(path)
