@@ -137,10 +137,10 @@ def gaugan_generate(
     "Generate images for label maps with a trained model."
     with user_errors('gaugan-generate'):
         labels = [labels] if isinstance(labels, (str, Path)) else list(labels)
-        writable_folder(out, 'output folder')
         synth = load_synthesizer(model, device)
         outputs = _outputs(labels, n, out)
         style_image = None if style is None else synth.read_style(style)
+        writable_folder(out, 'output folder')  # after the inputs' checks: a refused command leaves no folder behind
         written = []
         for fn, (files, like) in progress_bar(list(zip(labels, outputs)), leave=False):
             ids = synth.read_labels(fn)
