@@ -244,6 +244,7 @@ class SaveCheckpointCallback(Callback):
         return {'model': dict(self.model_settings or {}), 'data': data_fingerprint(self.dls)}
 
     def before_fit(self):
+        if not is_main_process(): return self._follow() # several processes (`distributed`): rank 0 holds the folder
         writable_folder(self.folder, 'checkpoint folder')
         self.folder_lock = FolderLock(self.folder)
         note = self.folder_lock.acquire()
@@ -258,6 +259,13 @@ class SaveCheckpointCallback(Callback):
             else: self._continue(start)
         except BaseException:
             self.release(); raise
+
+    def _follow(self):
+        "On a process other than rank 0: no lock, no files; continue a resumed run from the same state as rank 0."
+        self.run_fingerprint, self.skipped = {**self.fingerprint(), 'schedule': schedule_fingerprint(self.learn)}, False
+        if self.resumed is not None:
+            r, self.resumed = self.resumed, None
+            self._restore(r)
 
     def _check_fresh(self, start):
         if start:
@@ -311,7 +319,7 @@ class SaveCheckpointCallback(Callback):
     def after_cancel_epoch(self): self.skipped = True
     def after_epoch(self):
         if self.skipped: self.skipped = False
-        else: self.last_saved_path = atomic_save(self.state(), self.folder/f'{self.fname}_{self.epoch}.pth')
+        elif is_main_process(): self.last_saved_path = atomic_save(self.state(), self.folder/f'{self.fname}_{self.epoch}.pth')
     def after_fit(self): self.release()
 
     def release(self):

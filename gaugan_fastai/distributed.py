@@ -116,6 +116,11 @@ class ShardedDL(DistributedDL):
         if rank: dl.rng = random.Random(f'{dl.rng.random()}-{rank}') # other crops and flips than rank 0's
         super().__init__(dl, rank, world_size)
 
+    @property
+    def rng(self): return self.dl.rng # this process's random crops and flips (checkpoints save and restore it)
+    @property
+    def after_item(self): return self.dl.after_item # the item transforms (`SpadeDataLoaders` finds the class names there)
+
     def _broadcast(self, t, rank):
         "`t` (a list of ints) as process `rank` has it, through the process group's device (fastai's needs CUDA)."
         t = torch.tensor(t, dtype=torch.long, device='cuda' if dist.get_backend() == 'nccl' else 'cpu')

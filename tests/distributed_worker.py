@@ -3,7 +3,7 @@ what this process saw and did into `--out`, for tests/test_distributed.py and th
 nbs/08c_distributed.ipynb:
 
 - `ids_epoch{E}_rank{R}.json`: the samples of each training batch of epoch E (indices into the 16);
-- `saves_rank{R}.json`: every file this process wrote with `torch.save` during training;
+- `saves_rank{R}.json`: every checkpoint this process wrote (`atomic_save`) during training;
 - `weights_rank{R}.pt`: its generator and critic (parameters and buffers) after training;
 - `outputs_rank{R}.pt`: what they compute then, in eval mode, for the first 4 samples: images and critic scores;
 - `record_rank{R}.json`: the Recorder's epoch values (loss and terms) and its smoothed per-batch losses;
@@ -21,7 +21,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.callback.core import Callback, CancelFitException
 from fastai.torch_core import TensorImage, rank_distrib
-import gaugan_fastai.learner as learner_module, gaugan_fastai.distributed as distributed_module
+import gaugan_fastai.learner as learner_module, gaugan_fastai.distributed as distributed_module, gaugan_fastai.checkpoints as checkpoints_module
 from gaugan_fastai.core import *
 from gaugan_fastai.data import LabelMap, default_palette
 from gaugan_fastai.learner import gaugan_learner
@@ -39,30 +39,36 @@ def samples(size, dtype):
     images = (images + 0.1 * torch.randn(images.shape, generator=g)).clamp(-1, 1)
     return [(LabelMap(l), TensorImage(i).to(dtype)) for l, i in zip(labels, images)], palette # (fastai makes float64 float32)
 
+class InMemory(list):
+    "The samples as a data set that has `items`, as fastai's `Datasets` do (the checkpoints' data fingerprint reads them)."
+    @property
+    def items(self): return self
+
 def data_loaders(items, palette, bs, get_idxs=None):
     "Shuffled training batches (or, with `get_idxs`, batches in that order) on the CPU."
+    items = InMemory(items)
     train = (DataLoader(items, bs=bs, drop_last=True, device='cpu', get_idxs=get_idxs) if get_idxs else
              DataLoader(items, bs=bs, shuffle=True, drop_last=True, device='cpu'))
-    dls = DataLoaders(train, DataLoader(items[:bs], bs=bs, device='cpu'), device='cpu')
+    dls = DataLoaders(train, DataLoader(InMemory(items[:bs]), bs=bs, device='cpu'), device='cpu')
     dls.codes, dls.palette, dls.c, dls.semantic_nc = [f'class {i}' for i in range(N_CLASSES)], palette, N_CLASSES, N_CLASSES
     return dls
 
 class RecordBatches(Callback):
-    "Record the samples of every training batch (found by their label maps) and every file written with `torch.save`."
+    "Record the samples of every training batch (found by their label maps) and every checkpoint written."
     order = -100 # before anything changes the batch
     def __init__(self, items):
         self.index = {l.numpy().tobytes(): i for i, (l, _) in enumerate(items)}
         assert len(self.index) == len(items), "the samples must be distinct"
         self.ids, self.saves = {}, []
     def before_fit(self):
-        self.torch_save = torch.save
-        def recording_save(obj, f, *args, **kwargs):
-            self.saves.append(Path(f).name)
-            return self.torch_save(obj, f, *args, **kwargs)
-        torch.save = recording_save
+        self.atomic_save = checkpoints_module.atomic_save
+        def recording_save(obj, path, *args, **kwargs):
+            self.saves.append(Path(path).name)
+            return self.atomic_save(obj, path, *args, **kwargs)
+        checkpoints_module.atomic_save = recording_save
     def before_batch(self):
         if self.training: self.ids.setdefault(self.epoch, []).append([self.index[l.numpy().tobytes()] for l in self.xb[0]])
-    def after_fit(self): torch.save = self.torch_save
+    def after_fit(self): checkpoints_module.atomic_save = self.atomic_save
 
 class Replay(Callback):
     "The batches the processes of an earlier run saw (its ids files in `folder`), each step's joined into one batch."

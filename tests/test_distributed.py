@@ -65,7 +65,7 @@ def test_each_rank_reads_its_own_half_of_every_epoch(runs):
 def test_only_rank_zero_writes_checkpoints(runs):
     assert runs['first_saves'] == [['gaugan_0.pth'], []]
     assert read(runs['two'], 'saves_rank1.json') == [] and 'gaugan_1.pth' in read(runs['two'], 'saves_rank0.json')
-    assert sorted(f.name for f in (runs['two']/'checkpoints').iterdir()) == ['gaugan_0.pth', 'gaugan_1.pth']
+    assert sorted(f.name for f in (runs['two']/'checkpoints').glob('*.pth')) == ['gaugan_0.pth', 'gaugan_1.pth']
 
 def test_resume_continues_the_schedule(runs):
     assert 'trained epochs 0..1 on 2 process(es), batch 2 each' in runs['first'] # (stopped after epoch 0)
@@ -111,11 +111,11 @@ def test_gaugan_train_under_torchrun_then_resumed_under_accelerate(land):
     first = p.stdout.splitlines()[0]
     assert first.startswith('Training spade on 10 samples') and 'batch 2 per process x 2 processes = 4' in first, p.stdout
     assert p.stdout.count('Training spade') == 1 and p.stdout.count('Model written to model.pth') == 1 # printed once
-    assert sorted(f.name for f in (land/'checkpoints').iterdir()) == ['gaugan_0.pth']
+    assert sorted(f.name for f in (land/'checkpoints').glob('*.pth')) == ['gaugan_0.pth']
     p = launch(BIN/'accelerate', 'launch', '--multi_gpu', '--num_processes', 2, '--main_process_port', free_port(),
                BIN/'gaugan-train', 'data', '--epochs', 2, '--resume', '--out', 'resumed.pth', *TINY, cwd=land)
     assert 'batch 2 per process x 2 processes = 4' in p.stdout and 'epochs 2..2' in p.stdout, p.stdout
-    assert sorted(f.name for f in (land/'checkpoints').iterdir()) == ['gaugan_0.pth', 'gaugan_1.pth']
+    assert sorted(f.name for f in (land/'checkpoints').glob('*.pth')) == ['gaugan_0.pth', 'gaugan_1.pth']
     from gaugan_fastai.inference import load_synthesizer
     assert load_synthesizer(land/'resumed.pth', 'cpu').size == (32, 32)
 
