@@ -20,10 +20,12 @@ from gaugan_fastai.losses import *
 from gaugan_fastai.pix2pix import *
 from gaugan_fastai.learner import *
 from gaugan_fastai.inference import *
+from gaugan_fastai.nvlabs import *
 from gaugan_fastai.bench import *
 from gaugan_fastai.fast import *
 from gaugan_fastai.metrics import *
 from gaugan_fastai.demo import *
+from gaugan_fastai.paint import *
 
 # %% ../nbs/99_all.ipynb #de391ece
 __all__ = [name for name in dir() if not name.startswith('_')]

@@ -368,18 +368,23 @@ def instance_edges(instances:torch.Tensor # instance ids `[bs,H,W]`
 def semantic_input(labels:torch.Tensor, # class ids int `[bs,H,W]`, `IGNORE_INDEX` for dontcare
                    n_classes:int, # number of classes `c`
                    instances:torch.Tensor|None=None, # instance ids `[bs,H,W]`, optional
-                  )->torch.Tensor: # float `[bs, c(+1), H, W]`
-    "One-hot label map (all zero at `IGNORE_INDEX`), plus the instance-edge channel when `instances` are given."
+                   dontcare_channel:int|None=None, # channel lit at `IGNORE_INDEX` (SPADE's: `c`); `None`: all zero there
+                  )->torch.Tensor: # float `[bs, c(+1)(+1), H, W]`
+    "One-hot label map (dontcare: all zero, or `dontcare_channel`), plus the instance-edge channel with `instances`."
     labels = plain(labels).long()
     if labels.ndim != 3: raise ValueError(f"labels must be [bs,H,W], got {tuple(labels.shape)}")
+    if dontcare_channel is not None and not 0 <= dontcare_channel <= n_classes:
+        raise ValueError(f"dontcare_channel must be in 0..{n_classes} (a class's channel or the one after them), got {dontcare_channel}")
     ignore = labels == IGNORE_INDEX
     bad = ~ignore & ((labels < 0) | (labels >= n_classes))
     if bad.any():
         raise ValueError(f"label ids must be in 0..{n_classes-1} or {IGNORE_INDEX}, found {labels[bad].unique()[:10].tolist()}")
     bs, h, w = labels.shape
-    out = torch.zeros(bs, n_classes + (instances is not None), h, w, device=labels.device)
-    out.scatter_(1, labels.masked_fill(ignore, 0)[:, None], (~ignore)[:, None].float())  # writes 0 at dontcare
-    if instances is not None: out[:, n_classes] = instance_edges(instances)
+    n_onehot = n_classes if dontcare_channel is None else max(n_classes, dontcare_channel + 1)
+    out = torch.zeros(bs, n_onehot + (instances is not None), h, w, device=labels.device)
+    lit = ~ignore if dontcare_channel is None else torch.ones_like(ignore)  # all zero at dontcare, or its channel
+    out.scatter_(1, labels.masked_fill(ignore, ifnone(dontcare_channel, 0))[:, None], lit[:, None].float())
+    if instances is not None: out[:, n_onehot] = instance_edges(instances)
     return out
 
 # %% ../nbs/01_data.ipynb #a1ee723a

@@ -28,9 +28,10 @@ class GauGANSynthesizer:
                  palette:np.ndarray, # uint8 [c, 3] class colours
                  settings:dict, # arguments of `conditional_generator` that rebuild `generator`
                  device:str|torch.device|None=None, # where to compute (`None`: the best available)
-                 label_reader:LabelReader|None=None # how the training label files became class ids
+                 label_reader:LabelReader|None=None, # how the training label files became class ids
+                 dontcare_channel:int|None=None # input channel of dontcare pixels (`semantic_input`); `None`: none
                 ):
-        store_attr('generator,codes,settings,label_reader')
+        store_attr('generator,codes,settings,label_reader,dontcare_channel')
         self.palette, self.device = np.asarray(palette, dtype=np.uint8), get_device(device)
         self.generator.to(self.device)
 
@@ -73,7 +74,7 @@ class GauGANSynthesizer:
         "Images in [0,1], [bs, n, 3, H, W], for `label_maps`."
         labels = self._labels(label_maps).to(self.device)
         if instances is not None: instances = torch.as_tensor(np.asarray(plain(torch.as_tensor(instances)).cpu())).view(labels.shape).to(self.device)
-        seg = semantic_input(labels, len(self.codes), instances)
+        seg = semantic_input(labels, len(self.codes), instances, self.dontcare_channel)
         if seg.shape[1] != self.settings['label_nc']:
             raise ValueError(f"this model takes {self.settings['label_nc']} input channels for {len(self.codes)} classes: "
                              + ("pass the instance maps as `instances=`" if instances is None else "it was trained without instance maps"))
@@ -120,8 +121,9 @@ def save(self:GauGANSynthesizer, fname:str|Path # file to write, e.g. 'landcover
     fname = Path(fname)
     fname.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}
-    torch.save({'format': 'gaugan_fastai.synthesizer/1', 'settings': dict(self.settings), 'codes': list(self.codes),
-                'palette': self.palette.tolist(), 'label_reader': _reader_args(self.label_reader), 'state_dict': state}, fname)
+    torch.save({'format': 'gaugan_fastai.synthesizer/2', 'settings': dict(self.settings), 'codes': list(self.codes),
+                'palette': self.palette.tolist(), 'label_reader': _reader_args(self.label_reader),
+                'dontcare_channel': self.dontcare_channel, 'state_dict': state}, fname)
     return fname
 
 def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save` / `learn.export_synthesizer`
@@ -134,13 +136,14 @@ def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save
     except Exception as e: # torch.load's messages run to many lines: keep the first, the rest stays in the chain
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{fname} is not a model file written by gaugan_fastai: {reason}") from e
-    if not isinstance(saved, dict) or saved.get('format') != 'gaugan_fastai.synthesizer/1':
-        raise ValueError(f"{fname} is not a model file written by gaugan_fastai (no 'gaugan_fastai.synthesizer/1' format tag)")
+    formats = ('gaugan_fastai.synthesizer/1', 'gaugan_fastai.synthesizer/2') # /1: before the dontcare convention was saved
+    if not isinstance(saved, dict) or saved.get('format') not in formats:
+        raise ValueError(f"{fname} is not a model file written by gaugan_fastai (no 'gaugan_fastai.synthesizer/N' format tag)")
     generator = conditional_generator(**saved['settings'])
     generator.load_state_dict(saved['state_dict'])
     reader = None if saved.get('label_reader') is None else LabelReader(**saved['label_reader'])
     return GauGANSynthesizer(generator, saved['codes'], np.array(saved['palette'], dtype=np.uint8), saved['settings'],
-                             device, reader)
+                             device, reader, saved.get('dontcare_channel'))
 
 # %% ../nbs/09_inference.ipynb #b04cdcc9
 @patch

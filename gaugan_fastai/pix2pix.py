@@ -1,5 +1,5 @@
-"""The model SPADE set out to beat: a U-Net generator that takes the one-hot label map as its input image, a
-PatchGAN discriminator, and an L1 reconstruction term, so that the two can be trained and compared side by side.
+"""The model SPADE set out to beat: a U-Net generator that takes the one-hot label map as its input image, and an L1
+reconstruction term, trained against SPADE's own critic so that the two can be compared side by side.
 
 Docs: https://gaugan-fastai.github.io/gaugan_fastai/pix2pix.html.md"""
 
