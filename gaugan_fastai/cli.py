@@ -22,7 +22,7 @@ from .learner import gaugan_learner, NonFiniteLossError
 from .losses import VGGLoss
 from .inference import load_synthesizer, save_image
 from .bench import bench_gaugan, bench_plain_fast
-from .fast import fast_precision
+from .fast import fast_precision, fast_synthesizer
 from .metrics import evaluate_model, format_scores
 from .demo import run_demo
 
@@ -129,12 +129,14 @@ def gaugan_generate(
     style:str=None, # photo whose style to copy (models trained with the style encoder)
     n:int=1, # images per label map, each with its own style code
     seed:int=None, # seed of the style codes (the same seed gives the same images)
+    precision:Annotated[str, {'choices': ['fp32', 'bf16', 'auto']}]='fp32', # fp32: the model's images (to float rounding); bf16 rounds them; auto: bf16 where the hardware computes it natively
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
     "Generate images for label maps with a trained model."
     with user_errors('gaugan-generate'):
         labels = [labels] if isinstance(labels, (str, Path)) else list(labels)
         synth = load_synthesizer(model, device)
+        synth = fast_synthesizer(synth, fast_precision(synth.device) if precision == 'auto' else precision)
         outputs = _outputs(labels, n, out)
         style_image = None if style is None else synth.read_style(style)
         written = []
