@@ -45,6 +45,10 @@ def synthetic_dls(n_classes:int=8, # classes of the label maps
     return dls
 
 # %% ../nbs/09b_bench.ipynb #c102ef27
+def _sig(x:float)->float:
+    "`x` to 4 significant digits (a fixed number of decimals loses the precision of small rates)."
+    return float(f'{x:.4g}')
+
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
 
@@ -111,8 +115,8 @@ def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
             _sync(device); times.append(time.perf_counter() - t0)
     return {'arch': arch, 'size': size, 'bs': bs, 'precision': precision, 'fast_generation': fast_generation, 'ngf': ngf, 'use_vae': use_vae, 'vgg': vgg,
             'device': str(device), 'threads': torch.get_num_threads(), **kwargs, 'timed_steps': timer.steps,
-            'train_images_per_s': round(n_iters * bs / timer.elapsed, 3),
-            'train_s_per_iter': round(timer.elapsed / n_iters, 4), 'peak_memory_gb': round(peak / 2**30, 3),
+            'train_images_per_s': _sig(n_iters * bs / timer.elapsed),
+            'train_s_per_iter': _sig(timer.elapsed / n_iters), 'peak_memory_gb': round(peak / 2**30, 3),
             'peak_memory_kind': 'cuda allocated' if device.type == 'cuda' else 'process max RSS',
             'generate_latency_ms': round(1000 * float(np.median(times[warmup:])), 2)}
 
