@@ -452,10 +452,11 @@ def from_ade20k(cls:SpadeDataLoaders, path:Path|str, # `ADEChallengeData2016/` (
 @delegates(SpadeDataLoaders.from_samples, but=_BENCHMARK_BUT + ['load_size'])
 def from_cityscapes(cls:SpadeDataLoaders, path:Path|str, # the data set's folder (`leftImg8bit/`, `gtFine/`)
                     instances:bool=True, # read the `_instanceIds.png` maps
-                    size:int|tuple=(256, 512), # (height, width) the photos are resized to (no crop)
+                    size:int|tuple=512, # width the photos are resized to (height: half of it), or (height, width); no crop
                     **kwargs):
     "`SpadeDataLoaders` of Cityscapes (35 label ids), trained on `train/`, validated on `val/`."
     path = Path(path)
+    size = tuple(size) if is_listy(size) else (size // 2, size)
     if not (path/'gtFine').is_dir(): raise ValueError(f"{path}: no Cityscapes layout (gtFine/ and leftImg8bit/)")
     train, valid = (_cityscapes_split(path, s, instances) for s in ('train', 'val'))
     return _benchmark_dls(cls, path, train, valid, 'cityscapes', instances, size=size, load_size=size, **kwargs)
