@@ -142,7 +142,7 @@ def _fixture_runs():
     "Folders of the reference's fixture runs (shared/fixtures/nvlabs-spade), or [] when absent."
     found = next((d/'shared'/'fixtures'/'nvlabs-spade' for d in Path(__file__).resolve().parents
                   if (d/'shared'/'fixtures'/'nvlabs-spade').is_dir()), None)
-    return [] if found is None else [found/n for n in ('coco_like', 'ade20k_vae_like', 'cityscapes_like')]
+    return [] if found is None else [found/n for n in ('coco_like', 'cityscapes_like')]  # dontcare, instances, aspect 2
 
 @pytest.fixture(scope='module')
 def nvlabs_runs(tmp_path_factory):
