@@ -161,7 +161,8 @@ def fast_synthesizer(synth:GauGANSynthesizer, # a trained synthesizer (e.g. `loa
     net = fast_generator(g.net, precision, channels_last, synth.device)
     encoder = None if g.encoder is None else detached_copy(g.encoder).eval()
     return GauGANSynthesizer(ConditionalGenerator(net, encoder, takes_z=g.takes_z, z_dim=g.z_dim).eval(), synth.codes,
-                             synth.palette, synth.settings, synth.device, synth.label_reader)
+                             synth.palette, synth.settings, synth.device, synth.label_reader,
+                             synth.dontcare_channel)
 
 # %% ../nbs/09e_fast.ipynb #6dac9b2a
 class _Replay:
