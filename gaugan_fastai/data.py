@@ -24,7 +24,7 @@ from .core import *
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IGNORE_COLOR', 'GEOTIFF_SUFFIXES', 'IMAGE_SUFFIXES', 'LabelMap', 'InstanceMap', 'PILLabelMap',
            'PILInstanceMap', 'default_palette', 'colorize_labels', 'read_raster', 'raster_size', 'LabelReader',
-           'ImageReader', 'InstanceReader', 'Sample', 'read_georef', 'save_geotiff', 'AddLabelInfo',
+           'ImageReader', 'InstanceReader', 'Sample', 'read_georef', 'pixel_size_m', 'save_geotiff', 'AddLabelInfo',
            'default_num_workers', 'default_load_size', 'check_samples', 'ReproducibleDL', 'SpadeDataLoaders',
            'instance_edges', 'semantic_input', 'show_batch', 'pair_files']
 
@@ -218,6 +218,16 @@ def read_georef(fn:Path|str)->tuple:
     try:
         with rasterio.open(fn) as src: return src.crs, (src.transform if src.crs else None)
     except Exception as e: raise ValueError(f"Cannot read {fn}: {e}") from e
+
+def pixel_size_m(crs, # `rasterio.crs.CRS`, or `None`
+                 transform:Affine # pixel -> map affine transform
+                )->float|None:
+    "Ground size in metres of a pixel (mean of its width and height); degrees are converted at the transform's top edge."
+    if crs is None: return None
+    w, h = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    if crs.is_geographic: w, h = w * 111_320 * math.cos(math.radians(transform.f)), h * 110_574
+    else: w, h = w * crs.linear_units_factor[1], h * crs.linear_units_factor[1]
+    return (w + h) / 2
 
 # %% ../nbs/01_data.ipynb #658a4be7
 def save_geotiff(image, # `[3,H,W]` float in [-1,1] (a generator's output) or uint8 `[H,W,3]`
