@@ -20,6 +20,7 @@ from gaugan_fastai.losses import *
 from gaugan_fastai.pix2pix import *
 from gaugan_fastai.learner import *
 from gaugan_fastai.inference import *
+from gaugan_fastai.scene import *
 from gaugan_fastai.nvlabs import *
 from gaugan_fastai.bench import *
 from gaugan_fastai.metrics import *
