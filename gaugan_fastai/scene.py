@@ -22,8 +22,8 @@ from .inference import GauGANSynthesizer
 
 # %% auto #0
 __all__ = ['RESOLUTION_TOLERANCE', 'GDAL_CACHE_MB', 'tile_starts', 'tile_edges', 'blend_ramp', 'blend_weights', 'LabelStrips',
-           'RowBlender', 'style_codes', 'default_bs', 'georef_notes', 'cog_available', 'finish_geotiff', 'seam_ratio',
-           'scene_seam_ratio', 'scene_summary', 'generate_scene_command']
+           'RowBlender', 'style_codes', 'default_bs', 'georef_notes', 'cog_available', 'finish_geotiff',
+           'scene_summary', 'generate_scene_command']
 
 # %% ../nbs/09d_scene.ipynb #a0ce23c9
 def tile_starts(length:int, # pixels to cover
@@ -178,7 +178,7 @@ def generate_tiles(self:GauGANSynthesizer, ids:torch.Tensor, # class ids [n, h, 
     gen, was_training = self.generator, self.generator.training
     gen.eval()
     try:
-        with torch.inference_mode(): return gen(seg, z=None if z is None else z.to(self.device)).float().cpu()
+        with torch.inference_mode(): return gen(seg, z=None if z is None else z.to(self.device))['fake'].float().cpu()
     finally: gen.train(was_training)
 
 def default_bs(device:str|torch.device # where the generator runs
@@ -307,40 +307,6 @@ def generate_scene(self:GauGANSynthesizer, label_raster:str|Path, # a label rast
     return {'path': out, 'size': (H, W), 'tile': (th, tw), 'overlap': overlap, 'tiles': len(tiles),
             'generated_tiles': generated, 'crs': None if crs is None else str(crs), 'transform': transform, 'cog': cog,
             'notes': notes, 'seconds': round(time.time() - start, 2)}
-
-# %% ../nbs/09d_scene.ipynb #19754b91
-def seam_ratio(image, # RGB [H, W, 3] (array or tensor)
-               labels, # class ids [H, W]; only neighbours of the same class are compared
-               edges_y:list, # rows p where tiles begin or end (`tile_edges`): the pairs (p-1, p) straddle an edge
-               edges_x:list # columns likewise
-              )->float:
-    "Mean absolute difference of same-class neighbours across tile edges, relative to the same elsewhere (1: seamless)."
-    im, lab = torch.as_tensor(np.asarray(image)).float(), torch.as_tensor(np.asarray(labels)).long()
-    across, inside = [], []
-    for dim, edges in ((0, edges_y), (1, edges_x)):
-        n = im.shape[dim]
-        diff = (im.narrow(dim, 1, n - 1) - im.narrow(dim, 0, n - 1)).abs().mean(-1)
-        a, b = lab.narrow(dim, 1, n - 1), lab.narrow(dim, 0, n - 1)
-        same = (a == b) & (a != IGNORE_INDEX)
-        at = torch.zeros(n - 1, dtype=torch.bool)
-        at[[p - 1 for p in edges]] = True
-        at = at[:, None] if dim == 0 else at[None]
-        across.append(diff[same & at]); inside.append(diff[same & ~at])
-    across, inside = torch.cat(across), torch.cat(inside)
-    if len(across) == 0: raise ValueError("no same-class neighbours straddle a tile edge: nothing to measure")
-    return float(across.mean() / inside.mean())
-
-def scene_seam_ratio(image, # the generated scene, RGB [H, W, 3]
-                     labels, # its class ids [H, W]
-                     tile:int, # tile side (square tiles)
-                     overlap:int # the overlap it was generated with (0: a plain grid)
-                    )->float:
-    "`seam_ratio` at the scene's tile edges, and at the middles of its overlaps when it has some: the larger."
-    ys, xs = (tile_starts(n, tile, overlap) for n in labels.shape)
-    edges = [tile_edges(s, tile, n) for s, n in zip((ys, xs), labels.shape)]
-    if overlap == 0: return seam_ratio(image, labels, *edges)
-    mids = [sorted({(a + b + tile) // 2 for a, b in zip(s, s[1:])}) for s in (ys, xs)]
-    return max(seam_ratio(image, labels, *edges), seam_ratio(image, labels, *mids))
 
 # %% ../nbs/09d_scene.ipynb #39fa5c9c
 def scene_summary(res:dict # what `generate_scene` returned
