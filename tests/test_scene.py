@@ -2,7 +2,8 @@
 subprocess, and the command line on a label GeoTIFF whose size is not a multiple of the tile size.
 
 The model is an untrained pix2pix U-Net of width 4 on 64 x 64 tiles: memory and the writing path do not depend on
-what the model learned, and it generates a 4,100 x 4,103 scene (7,396 tiles) in well under a minute on two cores."""
+what the model learned, and a small network keeps the 4,100 x 4,103 scene (7,396 tiles) cheap; the test prints its
+time."""
 import json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
@@ -69,7 +70,7 @@ def test_peak_memory_of_a_large_scene_is_bounded(work):
     d, tiles = work
     labels = write_label_raster(d/'large.tif', 4100, 4103, tiles)
     p = subprocess.run([sys.executable, '-c', CHILD, str(d/'model.pth'), str(labels), str(d/'large_out.tif')],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout.strip().splitlines()[-1])
     added = res['after_mb'] - res['before_mb']
