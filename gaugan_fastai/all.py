@@ -21,6 +21,7 @@ from gaugan_fastai.pix2pix import *
 from gaugan_fastai.checkpoints import *
 from gaugan_fastai.learner import *
 from gaugan_fastai.inference import *
+from gaugan_fastai.scene import *
 from gaugan_fastai.nvlabs import *
 from gaugan_fastai.finetune import *
 from gaugan_fastai.bench import *

@@ -27,6 +27,7 @@ from .bench import bench_gaugan, bench_plain_fast
 from .fast import fast_precision, fast_synthesizer
 from .metrics import evaluate_model, format_scores
 from .demo import run_demo
+from .scene import generate_scene_command
 
 # %% auto #0
 __all__ = ['DEMO_MINUTES', 'user_message', 'user_errors', 'given', 'defaults_of', 'gaugan_train', 'gaugan_generate',
@@ -132,21 +133,28 @@ def gaugan_generate(
     model:str, # model file written by gaugan-train (or learn.export_synthesizer), or an NVlabs/SPADE run folder or *_net_G.pth
     labels:Annotated[str, {'nargs': '+'}], # label map files, in the format of the training data's (PNG, GeoTIFF...)
     dataset:Annotated[str, {'choices': list(NVLABS_PRESETS)}]=None, # data set of an NVlabs/SPADE run without opt.txt
-    out:str='generated', # folder for the images
+    out:str='generated', # folder for the images (with --scene: a .tif file, or a folder for <raster name>.tif)
     style:str=None, # photo whose style to copy (models trained with the style encoder)
     n:int=1, # images per label map, each with its own style code
     seed:int=None, # seed of the style codes (the same seed gives the same images)
+    scene:bool=False, # one seamless GeoTIFF for a whole label raster of any size (overlapping tiles, blended)
+    overlap:int=None, # with --scene: overlap of neighbouring tiles in pixels (default: a quarter of a tile)
+    style_scale:float=None, # with --scene: pixels between independent styles, a style that drifts (default: one style)
     precision:Annotated[str, {'choices': ['fp32', 'bf16', 'auto']}]='fp32', # fp32: the model's images (to float rounding); bf16 rounds them; auto: bf16 where the hardware computes it natively
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
-    "Generate images for label maps with a trained model."
+    "Generate images for label maps with a trained model; with --scene, one georeferenced image of a whole raster."
     with user_errors('gaugan-generate'):
         labels = [labels] if isinstance(labels, (str, Path)) else list(labels)
+        if not scene and (overlap is not None or style_scale is not None):
+            raise ValueError("--overlap and --style-scale apply to --scene only")
         synth = load_model(model, dataset, device)
         synth = fast_synthesizer(synth, fast_precision(synth.device) if precision == 'auto' else precision)
+        style_image = None if style is None else synth.read_style(style)
+        if scene: return generate_scene_command(synth, labels, out, style_image, n=n, overlap=overlap, seed=seed,
+                                                style_scale=style_scale)
         outputs = _outputs(labels, n, out)
         if synth.takes_instances: print("The model takes instance edges; without instance maps, the class boundaries are used")
-        style_image = None if style is None else synth.read_style(style)
         writable_folder(out, 'output folder')  # after the inputs' checks: a refused command leaves no folder behind
         written = []
         for fn, (files, like) in progress_bar(list(zip(labels, outputs)), leave=False):

@@ -25,9 +25,9 @@ from .core import *
 __all__ = ['IGNORE_INDEX', 'IGNORE_COLOR', 'GEOTIFF_SUFFIXES', 'IMAGE_SUFFIXES', 'LabelMap', 'InstanceMap', 'PILLabelMap',
            'PILInstanceMap', 'default_palette', 'colorize_labels', 'read_raster', 'raster_header', 'raster_size',
            'LabelReader', 'ImageReader', 'dataset_value_range', 'InstanceReader', 'Sample', 'read_georef',
-           'same_georef', 'save_geotiff', 'AddLabelInfo', 'default_num_workers', 'default_load_size', 'check_samples',
-           'ReproducibleDL', 'SpadeDataLoaders', 'instance_edges', 'onehot_channels', 'semantic_input', 'show_batch',
-           'pair_files']
+           'pixel_size_m', 'same_georef', 'save_geotiff', 'AddLabelInfo', 'default_num_workers', 'default_load_size',
+           'check_samples', 'ReproducibleDL', 'SpadeDataLoaders', 'instance_edges', 'onehot_channels', 'semantic_input',
+           'show_batch', 'pair_files']
 
 # %% ../nbs/01_data.ipynb #330a3ec6
 IGNORE_INDEX = 255  # class id of dontcare / nodata pixels: no one-hot channel, ignored by every loss
@@ -305,6 +305,16 @@ class Sample:
 def read_georef(fn:Path|str)->tuple:
     "(crs, transform) of a GeoTIFF; (None, None) when it has no CRS."
     return raster_header(fn)[2:4]
+
+def pixel_size_m(crs, # `rasterio.crs.CRS`, or `None`
+                 transform:Affine # pixel -> map affine transform
+                )->float|None:
+    "Ground size in metres of a pixel (mean of its width and height); degrees are converted at the transform's top edge."
+    if crs is None: return None
+    w, h = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    if crs.is_geographic: w, h = w * 111_320 * math.cos(math.radians(transform.f)), h * 110_574
+    else: w, h = w * crs.linear_units_factor[1], h * crs.linear_units_factor[1]
+    return (w + h) / 2
 
 def same_georef(a:tuple, # (crs, transform) of one raster
                 b:tuple # and of another of the same size

@@ -160,9 +160,9 @@ def fast_synthesizer(synth:GauGANSynthesizer, # a trained synthesizer (e.g. `loa
     g = synth.generator
     net = fast_generator(g.net, precision, channels_last, synth.device)
     encoder = None if g.encoder is None else detached_copy(g.encoder).eval()
-    return GauGANSynthesizer(ConditionalGenerator(net, encoder, takes_z=g.takes_z, z_dim=g.z_dim).eval(), synth.codes,
-                             synth.palette, synth.settings, synth.device, synth.label_reader,
-                             synth.dontcare_channel)
+    fast = copy.copy(synth)  # every setting of `synth` (classes, palette, reader, dontcare, georeference...), a new generator
+    fast.generator = ConditionalGenerator(net, encoder, takes_z=g.takes_z, z_dim=g.z_dim).eval()
+    return fast
 
 # %% ../nbs/09e_fast.ipynb #6dac9b2a
 class _Replay:

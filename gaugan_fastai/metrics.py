@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket, json, itertools
 from pathlib import Path
 from functools import partial
+import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.models.inception import Inception3, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, BasicConv2d
 from fastcore.basics import store_attr, ifnone
@@ -28,14 +29,16 @@ from .data import IGNORE_INDEX, semantic_input
 from .formats import DATA_FORMATS, detect_format, data_loaders
 from .inference import load_synthesizer
 from .checkpoints import writable_file
+from .scene import tile_starts, tile_edges
+
 
 # %% auto #0
 __all__ = ['FID_WEIGHTS', 'SCORE_NAMES', 'confusion_matrix', 'segmentation_scores', 'SegmenterUNet', 'PhotoToLabel',
            'train_segmenter', 'save_segmenter', 'load_segmenter', 'segment', 'frechet_distance', 'kernel_distance',
            'inception_network', 'InceptionFeatures', 'load_inception', 'mean_pairwise_distance', 'l1_distance',
-           'l2_distance', 'class_color_stats', 'class_color_fidelity', 'score_generator', 'generator_fn',
-           'get_segmenter', 'get_inception', 'evaluate', 'validation_fidelity', 'SynthesisScores', 'evaluate_model',
-           'format_scores']
+           'l2_distance', 'class_color_stats', 'class_color_fidelity', 'seam_ratio', 'scene_seam_ratio',
+           'score_generator', 'generator_fn', 'get_segmenter', 'get_inception', 'evaluate', 'validation_fidelity',
+           'SynthesisScores', 'evaluate_model', 'format_scores']
 
 # %% ../nbs/14_metrics.ipynb #6659f309
 def confusion_matrix(pred:torch.Tensor, # predicted class ids, int [N,H,W]
@@ -309,6 +312,40 @@ def class_color_fidelity(fake:torch.Tensor, # generated images [N,3,H,W] (any co
         passed[codes[c]] = bool(dists.argmin() == i)
     return {'score': sum(passed.values()) / len(passed), 'passed': passed,
             'absent': [codes[c] for c in range(len(codes)) if c not in present]}
+
+# %% ../nbs/14_metrics.ipynb #9b47a854
+def seam_ratio(image, # RGB [H, W, 3] (array or tensor)
+               labels, # class ids [H, W]; only neighbours of the same class are compared
+               edges_y:list, # rows p where tiles begin or end (`tile_edges`): the pairs (p-1, p) straddle an edge
+               edges_x:list # columns likewise
+              )->float:
+    "Mean absolute difference of same-class neighbours across tile edges, relative to the same elsewhere (1: seamless)."
+    im, lab = torch.as_tensor(np.asarray(image)).float(), torch.as_tensor(np.asarray(labels)).long()
+    across, inside = [], []
+    for dim, edges in ((0, edges_y), (1, edges_x)):
+        n = im.shape[dim]
+        diff = (im.narrow(dim, 1, n - 1) - im.narrow(dim, 0, n - 1)).abs().mean(-1)
+        a, b = lab.narrow(dim, 1, n - 1), lab.narrow(dim, 0, n - 1)
+        same = (a == b) & (a != IGNORE_INDEX)
+        at = torch.zeros(n - 1, dtype=torch.bool)
+        at[[p - 1 for p in edges]] = True
+        at = at[:, None] if dim == 0 else at[None]
+        across.append(diff[same & at]); inside.append(diff[same & ~at])
+    across, inside = torch.cat(across), torch.cat(inside)
+    if len(across) == 0: raise ValueError("no same-class neighbours straddle a tile edge: nothing to measure")
+    return float(across.mean() / inside.mean())
+
+def scene_seam_ratio(image, # the generated scene, RGB [H, W, 3]
+                     labels, # its class ids [H, W]
+                     tile:int, # tile side (square tiles)
+                     overlap:int # the overlap it was generated with (0: a plain grid)
+                    )->float:
+    "`seam_ratio` at the scene's tile edges, and at the middles of its overlaps when it has some: the larger."
+    ys, xs = (tile_starts(n, tile, overlap) for n in labels.shape)
+    edges = [tile_edges(s, tile, n) for s, n in zip((ys, xs), labels.shape)]
+    if overlap == 0: return seam_ratio(image, labels, *edges)
+    mids = [sorted({(a + b + tile) // 2 for a, b in zip(s, s[1:])}) for s in (ys, xs)]
+    return max(seam_ratio(image, labels, *edges), seam_ratio(image, labels, *mids))
 
 # %% ../nbs/14_metrics.ipynb #d55e509f
 @torch.no_grad()
