@@ -26,7 +26,8 @@ __all__ = ['IGNORE_INDEX', 'IGNORE_COLOR', 'GEOTIFF_SUFFIXES', 'IMAGE_SUFFIXES',
            'PILInstanceMap', 'default_palette', 'colorize_labels', 'read_raster', 'raster_header', 'raster_size',
            'LabelReader', 'ImageReader', 'dataset_value_range', 'InstanceReader', 'Sample', 'read_georef',
            'same_georef', 'save_geotiff', 'AddLabelInfo', 'default_num_workers', 'default_load_size', 'check_samples',
-           'ReproducibleDL', 'SpadeDataLoaders', 'instance_edges', 'semantic_input', 'show_batch', 'pair_files']
+           'ReproducibleDL', 'SpadeDataLoaders', 'instance_edges', 'onehot_channels', 'semantic_input', 'show_batch',
+           'pair_files']
 
 # %% ../nbs/01_data.ipynb #330a3ec6
 IGNORE_INDEX = 255  # class id of dontcare / nodata pixels: no one-hot channel, ignored by every loss
@@ -483,6 +484,12 @@ def instance_edges(instances:torch.Tensor # instance ids `[bs,H,W]`
     edge[:, 1:, :] |= dy; edge[:, :-1, :] |= dy
     return edge
 
+def onehot_channels(n_classes:int, # number of classes `c`
+                    dontcare_channel:int|None=None # channel lit at dontcare pixels, or `None`
+                   )->int:
+    "One-hot channels of `semantic_input`: the classes', and the dontcare channel when it is not one of them; instance edges come next."
+    return n_classes if dontcare_channel is None else max(n_classes, dontcare_channel + 1)
+
 def semantic_input(labels:torch.Tensor, # class ids int `[bs,H,W]`, `IGNORE_INDEX` for dontcare
                    n_classes:int, # number of classes `c`
                    instances:torch.Tensor|None=None, # instance ids `[bs,H,W]`, optional
@@ -498,7 +505,7 @@ def semantic_input(labels:torch.Tensor, # class ids int `[bs,H,W]`, `IGNORE_INDE
     if bad.any():
         raise ValueError(f"label ids must be in 0..{n_classes-1} or {IGNORE_INDEX}, found {labels[bad].unique()[:10].tolist()}")
     bs, h, w = labels.shape
-    n_onehot = n_classes if dontcare_channel is None else max(n_classes, dontcare_channel + 1)
+    n_onehot = onehot_channels(n_classes, dontcare_channel)
     out = torch.zeros(bs, n_onehot + (instances is not None), h, w, device=labels.device)
     lit = ~ignore if dontcare_channel is None else torch.ones_like(ignore)  # all zero at dontcare, or its channel
     out.scatter_(1, labels.masked_fill(ignore, ifnone(dontcare_channel, 0))[:, None], lit[:, None].float())

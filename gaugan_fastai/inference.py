@@ -14,7 +14,7 @@ import torch, torch.nn.functional as F
 from PIL import Image
 from fastcore.basics import patch, store_attr, first, ifnone
 from .core import *
-from .data import IGNORE_INDEX, LabelReader, ImageReader, semantic_input, save_geotiff
+from .data import IGNORE_INDEX, LabelReader, ImageReader, semantic_input, onehot_channels, save_geotiff
 from .learner import *
 from .checkpoints import CHECKPOINT_FORMAT, atomic_save
 
@@ -35,6 +35,11 @@ class GauGANSynthesizer:
         store_attr('generator,codes,settings,label_reader,dontcare_channel')
         self.palette, self.device = np.asarray(palette, dtype=np.uint8), get_device(device)
         self.generator.to(self.device)
+
+    @property
+    def takes_instances(self)->bool:
+        "Whether the model takes an instance-edge channel (then `generate` wants `instances`)."
+        return self.settings['label_nc'] == onehot_channels(len(self.codes), self.dontcare_channel) + 1
 
     @property
     def size(self)->tuple:
@@ -159,7 +164,8 @@ def synthesizer(self:GauGANLearner)->GauGANSynthesizer:
     tls = getattr(self.dls.train_ds, 'tls', None) # `None` for in-memory data without files
     reader = None if tls is None else first(t for t in tls[0].tfms.fs if isinstance(t, LabelReader))
     return GauGANSynthesizer(self.model.generator, self.dls.codes, self.dls.palette, self.settings,
-                             device=next(self.model.generator.parameters()).device, label_reader=reader)
+                             device=next(self.model.generator.parameters()).device, label_reader=reader,
+                             dontcare_channel=self.model.dontcare_channel)
 
 @patch
 def generate(self:GauGANLearner, label_maps, # [H,W] or [bs,H,W] class ids

@@ -107,14 +107,16 @@ class GauGAN(GANModule):
     "fastai `GANModule` for label-map-to-image synthesis: both networks see the label map."
     def __init__(self, generator:ConditionalGenerator, # the generator side (generator + optional encoder)
                  critic:nn.Module, # `MultiscaleDiscriminator` on `cat([seg, image])`
-                 n_classes:int # classes of the label maps (their one-hot channels)
+                 n_classes:int, # classes of the label maps (their one-hot channels)
+                 dontcare_channel:int|None=None # input channel of dontcare pixels (`semantic_input`); `None`: all zero
                 ):
         super().__init__(generator, critic, gen_mode=False)
-        self.n_classes = n_classes
+        self.n_classes, self.dontcare_channel = n_classes, dontcare_channel
 
     def semantic(self, labels:Tensor, instances:Tensor|None=None)->Tensor:
-        "The one-hot label map (plus instance edges) the networks consume."
-        return semantic_input(plain(labels), self.n_classes, None if instances is None else plain(instances))
+        "The one-hot label map (plus instance edges) the networks consume, dontcare encoded by `dontcare_channel`."
+        return semantic_input(plain(labels), self.n_classes, None if instances is None else plain(instances),
+                              self.dontcare_channel)
 
     def discriminate(self, seg:Tensor, fake:Tensor, real:Tensor)->tuple[list, list]:
         "Critic features for `[seg|fake]` and `[seg|real]`, computed as one batch and split."
@@ -336,6 +338,8 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                    checkpoint:str|None='gaugan', # checkpoint name (saved each epoch), `None` for no checkpoints
                    init_type:str|None='xavier', # weight initialization of SPADE/CLADE, encoder and critic (`init_weights`)
                    init_gain:float=0.02, # its gain (the reference's `init_variance`)
+                   pretrained=None, # start from: a synthesizer file, an NVlabs/SPADE run folder, or one loaded (`gaugan_fastai.finetune`)
+                   class_map:dict|None=None, # with `pretrained`: {data class: checkpoint class} beyond same-named classes
                    cbs:list|None=None, # more callbacks
                    **kwargs # passed to `Learner` (e.g. `path`, `model_dir`)
                   )->GauGANLearner:
@@ -351,11 +355,19 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
     lambda_l1 = lambda_l1 if pix2pix else 0.
     vgg = (VGGLoss(lambda_vgg=lambda_vgg) if vgg is True else vgg or None) if not pix2pix else None
     h, w = dls.one_batch()[-1].shape[-2:]
-    settings = dict(arch=arch, label_nc=dls.semantic_nc, ngf=ngf, z_dim=z_dim, use_vae=use_vae, crop_size=w,
-                    aspect_ratio=w/h, num_upsampling_layers=num_upsampling_layers)
-    critic = MultiscaleDiscriminator(dls.semantic_nc + 3, ndf=ndf, n_layers=n_layers_D, num_D=num_D, init_type=init_type,
-                                     init_gain=init_gain)
-    model = GauGAN(conditional_generator(**settings, init_type=init_type, init_gain=init_gain), critic, dls.c)
+    if pretrained is None:
+        if class_map is not None: raise ValueError("class_map maps the data's classes to a pretrained model's: pass `pretrained` too")
+        settings = dict(arch=arch, label_nc=dls.semantic_nc, ngf=ngf, z_dim=z_dim, use_vae=use_vae, crop_size=w,
+                        aspect_ratio=w/h, num_upsampling_layers=num_upsampling_layers)
+        generator, critic, dontcare_channel = conditional_generator(**settings, init_type=init_type, init_gain=init_gain), None, None
+    else:
+        from .finetune import start_from  # `finetune` builds on this module, so it is imported when used
+        generator, critic, settings, dontcare_channel = start_from(pretrained, dls.codes, dls.n_inp == 2, (h, w), class_map,
+                                                                   init_type, init_gain)
+        use_vae = generator.encoder is not None
+    critic = ifnone(critic, MultiscaleDiscriminator(settings['label_nc'] + 3, ndf=ndf, n_layers=n_layers_D, num_D=num_D,
+                                                    init_type=init_type, init_gain=init_gain))
+    model = GauGAN(generator, critic, dls.c, dontcare_channel)
     loss = GauGANLoss(model, lambda_fm, lambda_kl, lambda_l1, vgg)
     run_settings = dict(settings, ndf=ndf, num_D=num_D, n_layers_D=n_layers_D, precision=precision, lambda_fm=lambda_fm,
                         lambda_kl=lambda_kl, lambda_l1=lambda_l1, lambda_vgg=getattr(vgg, 'lambda_vgg', None if vgg is None else 1.),
