@@ -29,9 +29,10 @@ class GauGANSynthesizer:
                  settings:dict, # arguments of `conditional_generator` that rebuild `generator`
                  device:str|torch.device|None=None, # where to compute (`None`: the best available)
                  label_reader:LabelReader|None=None, # how the training label files became class ids
-                 dontcare_channel:int|None=None # input channel of dontcare pixels (`semantic_input`); `None`: none
+                 dontcare_channel:int|None=None, # input channel of dontcare pixels (`semantic_input`); `None`: none
+                 ema:dict|None=None # how the weights were averaged (`WeightAverage.describe`); `None`: trained weights as they are
                 ):
-        store_attr('generator,codes,settings,label_reader,dontcare_channel')
+        store_attr('generator,codes,settings,label_reader,dontcare_channel,ema')
         self.palette, self.device = np.asarray(palette, dtype=np.uint8), get_device(device)
         self.generator.to(self.device)
 
@@ -123,7 +124,7 @@ def save(self:GauGANSynthesizer, fname:str|Path # file to write, e.g. 'landcover
     state = {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}
     torch.save({'format': 'gaugan_fastai.synthesizer/2', 'settings': dict(self.settings), 'codes': list(self.codes),
                 'palette': self.palette.tolist(), 'label_reader': _reader_args(self.label_reader),
-                'dontcare_channel': self.dontcare_channel, 'state_dict': state}, fname)
+                'dontcare_channel': self.dontcare_channel, 'ema': self.ema, 'state_dict': state}, fname)
     return fname
 
 def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save` / `learn.export_synthesizer`
@@ -143,16 +144,18 @@ def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save
     generator.load_state_dict(saved['state_dict'])
     reader = None if saved.get('label_reader') is None else LabelReader(**saved['label_reader'])
     return GauGANSynthesizer(generator, saved['codes'], np.array(saved['palette'], dtype=np.uint8), saved['settings'],
-                             device, reader, saved.get('dontcare_channel'))
+                             device, reader, saved.get('dontcare_channel'), saved.get('ema'))
 
 # %% ../nbs/09_inference.ipynb #b04cdcc9
 @patch
 def synthesizer(self:GauGANLearner)->GauGANSynthesizer:
-    "The learner's generator side as a `GauGANSynthesizer` (sharing its weights)."
+    "The learner's `inference_generator` (its weight average, if it keeps one) as a `GauGANSynthesizer`, sharing its weights."
     tls = getattr(self.dls.train_ds, 'tls', None) # `None` for in-memory data without files
     reader = None if tls is None else first(t for t in tls[0].tfms.fs if isinstance(t, LabelReader))
-    return GauGANSynthesizer(self.model.generator, self.dls.codes, self.dls.palette, self.settings,
-                             device=next(self.model.generator.parameters()).device, label_reader=reader)
+    average = self.model.average
+    return GauGANSynthesizer(self.inference_generator(), self.dls.codes, self.dls.palette, self.settings,
+                             device=next(self.model.generator.parameters()).device, label_reader=reader,
+                             ema=None if average is None else average.describe())
 
 @patch
 def generate(self:GauGANLearner, label_maps, # [H,W] or [bs,H,W] class ids
