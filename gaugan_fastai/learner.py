@@ -20,7 +20,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.tracker import SaveModelCallback
 from matplotlib.ticker import MaxNLocator
 from .core import *
-from .data import semantic_input, colorize_labels
+from .data import semantic_input, show_samples
 from .generator import SPADEGenerator
 from .encoder import ConvEncoder, reparameterize
 from .discriminator import MultiscaleDiscriminator
@@ -326,13 +326,7 @@ class GauGANLearner(Learner):
         n = min(max_n, len(real))
         seg = self.model.semantic(*[l[:n] for l in labels]).to(next(self.model.parameters()).device)
         fake = self.inference_generator().synthesize(seg, seed=seed)[:, 0]
-        rows = [colorize_labels(labels[0][:n], self.dls.palette), to_uint8(fake), to_uint8(real[:n])]
-        _, axs = plt.subplots(n, 3, figsize=ifnone(figsize, (6, 2 * n)), squeeze=False)
-        for i in range(n):
-            for j, (ims, title) in enumerate(zip(rows, ['label map', 'generated', 'real'])):
-                axs[i, j].imshow(ims[i]); axs[i, j].axis('off')
-                if i == 0: axs[i, j].set_title(title)
-        plt.tight_layout()
+        show_samples(labels[0][:n], {'generated': fake, 'real': real[:n]}, self.dls.palette, max_n=n, figsize=figsize)
 
     def plot_losses(self, ax:plt.Axes|None=None, # axes to draw on; default a new figure
                     figsize:tuple=(5, 2.6)): # size of the new figure
