@@ -18,6 +18,7 @@ Modules:
 - `gaugan_fastai.losses`: The four terms SPADE trains with: the hinge adversarial loss (for the discriminator and for the generator), discriminator feature matching, the VGG19 perceptual loss, and the KL divergence of the style encoder.
 - `gaugan_fastai.metrics`: How good are the synthesised images? The segmentation score of the SPADE paper (mIoU, pixel accuracy), FID and KID with the standard Inception weights, a Fréchet distance in a segmenter's feature space that needs no download, and diversity; from Python, during training, and for a saved model.
 - `gaugan_fastai.nvlabs`: Loading runs of the SPADE reference implementation (NVlabs/SPADE) exactly: their options, the data-set presets, what the weights say, strict loading with one-line errors, the reference's semantic input, class names and colours of COCO-Stuff, ADE20K and Cityscapes, and conversion into our synthesizer file.
+- `gaugan_fastai.paint`: An interactive GauGAN page: paint classes with a brush or a bucket and see the model's image follow each stroke, in the browser (`gaugan-paint MODEL`) or inline in Jupyter and Colab (`paint(synth)`).
 - `gaugan_fastai.pix2pix`: The model SPADE set out to beat: a U-Net generator that takes the one-hot label map as its input image, and an L1 reconstruction term, trained against SPADE's own critic so that the two can be compared side by side."""
 
 __version__ = "0.0.1"

@@ -25,6 +25,7 @@ from gaugan_fastai.nvlabs import *
 from gaugan_fastai.bench import *
 from gaugan_fastai.metrics import *
 from gaugan_fastai.demo import *
+from gaugan_fastai.paint import *
 
 # %% ../nbs/99_all.ipynb #de391ece
 __all__ = [name for name in dir() if not name.startswith('_')]
