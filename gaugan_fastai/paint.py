@@ -135,7 +135,7 @@ def _label_reader(fn:Path, raw:np.ndarray, synth)->tuple:
             raise ValueError(f"{fn}: class ids of other classes ({len(codes)}: {', '.join(codes[:4])}...), not this model's")
         return ids_reader, 'class ids'
     if raw.ndim == 3 and not (raw[..., :3] == raw[..., :1]).all() and (model is None or model.colors is None):
-        return LabelReader(colors=synth.palette), "colours of the model's palette"
+        return LabelReader(colors=synth.palette, color_tolerance=None), "colours of the model's palette"
     if model is not None: return model, "read like the model's training label files"
     return ids_reader, 'class ids'
 
