@@ -24,6 +24,7 @@ from gaugan_fastai.learner import *
 from gaugan_fastai.inference import *
 from gaugan_fastai.nvlabs import *
 from gaugan_fastai.bench import *
+from gaugan_fastai.fast import *
 from gaugan_fastai.metrics import *
 from gaugan_fastai.demo import *
 from gaugan_fastai.paint import *

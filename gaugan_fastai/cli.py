@@ -22,7 +22,8 @@ from .learner import gaugan_learner, NonFiniteLossError
 from .checkpoints import CheckpointError, writable_file, writable_folder
 from .losses import VGGLoss
 from .inference import load_synthesizer, save_image
-from .bench import bench_gaugan
+from .bench import bench_gaugan, bench_plain_fast
+from .fast import fast_precision, fast_synthesizer
 from .metrics import evaluate_model, format_scores
 from .demo import run_demo
 
@@ -75,7 +76,7 @@ def gaugan_train(
     epochs:int=10, # epochs in total (with --resume: including those already done)
     lr:float=_learner['lr'], # peak base learning rate (generator lr/2, discriminator 2*lr)
     arch:Annotated[str, {'choices': _ARCHS}]='spade', # generator: SPADE (GauGAN), CLADE or the pix2pix U-Net
-    precision:Annotated[str, {'choices': _PRECISIONS}]='fp32', # training precision
+    precision:Annotated[str, {'choices': ['auto', *_PRECISIONS]}]='fp32', # training precision; auto: bf16 where the hardware computes it natively
     ngf:int=_learner['ngf'], # generator width
     ndf:int=_learner['ndf'], # discriminator width
     vae:bool=True, # leave out the style encoder (then: random styles only, no --style)
@@ -96,6 +97,7 @@ def gaugan_train(
         format = ifnone(format, detect_format(data))
         dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, device=get_device(device),
                            **given(codes=codes, values=values, valid_pct=valid_pct, valid_names=valid_names))
+        if precision == 'auto': precision = fast_precision(dls.device)
         if vgg and arch != 'pix2pix':
             try: vgg = VGGLoss(lambda_vgg=_learner['lambda_vgg'], weights_path=vgg_weights)
             except RuntimeError as e: raise ValueError(f"{e} On the command line: --vgg-weights FILE, or --no-vgg.") from e
@@ -133,12 +135,14 @@ def gaugan_generate(
     style:str=None, # photo whose style to copy (models trained with the style encoder)
     n:int=1, # images per label map, each with its own style code
     seed:int=None, # seed of the style codes (the same seed gives the same images)
+    precision:Annotated[str, {'choices': ['fp32', 'bf16', 'auto']}]='fp32', # fp32: the model's images (to float rounding); bf16 rounds them; auto: bf16 where the hardware computes it natively
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
     "Generate images for label maps with a trained model."
     with user_errors('gaugan-generate'):
         labels = [labels] if isinstance(labels, (str, Path)) else list(labels)
         synth = load_synthesizer(model, device)
+        synth = fast_synthesizer(synth, fast_precision(synth.device) if precision == 'auto' else precision)
         outputs = _outputs(labels, n, out)
         style_image = None if style is None else synth.read_style(style)
         writable_folder(out, 'output folder')  # after the inputs' checks: a refused command leaves no folder behind
@@ -189,7 +193,6 @@ def gaugan_bench(
     arch:Annotated[str, {'choices': _ARCHS}]=_bench['arch'], # generator architecture
     size:int=_bench['size'], # side of the square images
     bs:int=_bench['bs'], # batch size
-    precision:Annotated[str, {'choices': _PRECISIONS}]=_bench['precision'], # training precision
     ngf:int=_bench['ngf'], # generator width
     vae:bool=_bench['use_vae'], # leave out the style encoder and its KL term
     vgg:bool=_bench['vgg'], # leave out the VGG loss (timed with random weights: the same compute)
@@ -197,11 +200,12 @@ def gaugan_bench(
     warmup:int=_bench['warmup'], # untimed iterations first
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
-    "Training images/s, peak memory and batch-1 generation latency of a GauGAN configuration, as one JSON line."
+    "Training images/s, peak memory and batch-1 generation latency of the plain fp32 path and of the fast path, one JSON line each, then their ratios."
     with user_errors('gaugan-bench'):
-        res = bench_gaugan(arch=arch, size=size, bs=bs, precision=precision, ngf=ngf, use_vae=vae, vgg=vgg,
-                           n_iters=iters, warmup=warmup, device=device)
-    print(json.dumps(res))
+        res = bench_plain_fast(arch=arch, size=size, bs=bs, ngf=ngf, use_vae=vae, vgg=vgg, n_iters=iters, warmup=warmup,
+                               device=device)
+    for path in ('plain', 'fast'): print(json.dumps({'path': path, **res[path]}))
+    print(json.dumps({k: v for k, v in res.items() if k not in ('plain', 'fast')}))
     return res
 
 # %% ../nbs/15_cli.ipynb #5a62d3f0

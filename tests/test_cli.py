@@ -87,15 +87,19 @@ def test_generate_with_style_and_seed_is_reproducible(work):
     a, b, c = (rasterio.open(f).read() for f in files)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
-def test_bench_prints_one_json_line(tmp_path):
+def test_bench_prints_plain_fast_and_ratios(tmp_path):
     p = run('gaugan-bench', '--size', '32', '--bs', '2', '--ngf', '8', '--no-vgg', '--no-vae', '--iters', '1', '--warmup', '1',
             '--device', 'cpu', cwd=tmp_path)
     lines = p.stdout.strip().splitlines()
-    assert len(lines) == 1, p.stdout
-    res = json.loads(lines[0])
-    assert res['size'] == 32 and res['bs'] == 2 and res['device'] == 'cpu'
-    assert res['timed_steps'] == {'generator': 1, 'critic': 1}, res
-    assert abs(res['train_images_per_s'] * res['train_s_per_iter'] - 2) < 0.02, res  # bs images per iteration
+    assert len(lines) == 3, p.stdout
+    plain, fast, ratios = map(json.loads, lines)
+    assert (plain['path'], fast['path']) == ('plain', 'fast') and plain['precision'] == 'fp32' and fast['fast_generation']
+    for res in (plain, fast):
+        assert res['size'] == 32 and res['bs'] == 2 and res['device'] == 'cpu'
+        assert res['timed_steps'] == {'generator': 1, 'critic': 1}, res
+        assert abs(res['train_images_per_s'] * res['train_s_per_iter'] - 2) < 0.02, res  # bs images per iteration
+    assert abs(ratios['train_speedup'] - fast['train_images_per_s'] / plain['train_images_per_s']) < 0.01, ratios
+    assert abs(ratios['generate_speedup'] - plain['generate_latency_ms'] / fast['generate_latency_ms']) < 0.01, ratios
 
 def test_evaluate_writes_json(work, segmenter):
     p = run('gaugan-evaluate', 'model.pth', 'data', '--out', 'scores.json', '--segmenter', 'seg.pth', '--bs', '4',
