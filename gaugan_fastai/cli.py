@@ -88,6 +88,7 @@ def gaugan_train(
     resume:bool=False, # continue from the newest checkpoint in --checkpoints
     out:str='gaugan.pth', # file for the exported model
     valid_pct:float=None, # share of the data held out for validation (default 0.2; not for data sets with their own split)
+    valid_names:str=None, # file naming the held-out samples (label file stems), one a line, instead of --valid-pct
     seed:int=0, # seed of the split and the initialization
     workers:int=None, # data loading processes (default: one per spare core)
     device:str=None, # e.g. cuda, cpu (default: the best available)
@@ -97,7 +98,7 @@ def gaugan_train(
         writable_file(out, 'model file')  # now, not after the last epoch
         format = ifnone(format, detect_format(data))
         dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, device=get_device(device),
-                           **given(codes=codes, values=values, valid_pct=valid_pct))
+                           **given(codes=codes, values=values, valid_pct=valid_pct, valid_names=valid_names))
         if precision == 'auto': precision = fast_precision(dls.device)
         if vgg and arch != 'pix2pix':
             try: vgg = VGGLoss(lambda_vgg=_learner['lambda_vgg'], weights_path=vgg_weights)
@@ -243,9 +244,11 @@ def gaugan_evaluate(
     split:Annotated[str, {'choices': ['valid', 'train']}]='valid', # which part of the data to score on
     segmenter:str=None, # segmenter file: used if it exists, else trained and saved there (default: beside --out)
     out:str='scores.json', # JSON file for the results
+    grid:str=None, # picture of label maps, generated and real photos of the first batch (default: --out as .png)
     codes:Annotated[str, {'nargs': '+'}]=None, # class names (folders format)
     values:Annotated[int, {'nargs': '+'}]=None, # label value of each class (folders, ArcGIS)
     valid_pct:float=None, # share of the data held out for validation, as in training (default 0.2)
+    valid_names:str=None, # file naming the held-out samples (label file stems), one a line, as in training
     seed:int=0, # seed of the split, as in training, and of the style codes
     bs:int=8, # batch size
     max_batches:int=None, # score only this many batches
@@ -257,8 +260,9 @@ def gaugan_evaluate(
     with user_errors('gaugan-evaluate'):
         segmenter = ifnone(segmenter, Path(out).parent/f'{Path(data).resolve().name}_segmenter.pth')
         res = evaluate_model(model, data, format=format, split=split, segmenter=segmenter, out=out, bs=bs,
+                             grid=ifnone(grid, Path(out).with_suffix('.png')),
                              max_batches=max_batches, n_diversity=n_diversity, style_seed=seed, device=device,
-                             seed=seed, num_workers=workers, **given(codes=codes, values=values, valid_pct=valid_pct))
+                             seed=seed, num_workers=workers, **given(codes=codes, values=values, valid_pct=valid_pct, valid_names=valid_names))
     print(format_scores(res))
-    print(f"Scores written to {out}")
+    print(f"Scores written to {out}, pictures to {res['grid']}")
     return res

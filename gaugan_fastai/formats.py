@@ -25,8 +25,8 @@ from .data import _is_geotiff
 # %% auto #0
 __all__ = ['DATA_FORMATS', 'CMP_FACADE_CLASSES', 'CMP_FACADE_PALETTE', 'LANDCOVER_CLASSES', 'LANDCOVER_VALUES',
            'LANDCOVER_NODATA', 'LANDCOVER_PALETTE', 'LANDCOVER_LOOK', 'DataFormat', 'register_format', 'detect_format',
-           'data_loaders', 'read_label_names', 'read_arcgis_classes', 'make_landcover_demo', 'ClassList',
-           'dataset_classes']
+           'data_loaders', 'read_label_names', 'held_out_file', 'read_arcgis_classes', 'make_landcover_demo',
+           'ClassList', 'dataset_classes']
 
 # %% ../nbs/01b_formats.ipynb #4cd1db89
 class DataFormat:
@@ -157,7 +157,8 @@ def from_cmp_facades(cls:SpadeDataLoaders, path:Path|str, # the raw folder (`cmp
 
 @patch(cls_method=True)
 @delegates(SpadeDataLoaders.from_samples, but=['samples', 'codes', 'label_reader', 'image_reader', 'palette',
-                                               'with_instances', 'splitter', 'valid_pct'])
+                                               'with_instances', 'splitter', 'valid_pct',
+                                               'valid_names'])
 def from_pix2pix_facades(cls:SpadeDataLoaders, path:Path|str, # pix2pix's `facades` folder (`train/`, `val/`)
                          size:int=256, # crop size
                          **kwargs):
@@ -178,6 +179,14 @@ register_format('cmp_facades', "raw CMP Facades: cmp_b*.jpg photos and .png labe
                 lambda p: any(_cmp_raw_folder(p).glob('cmp_*.jpg')), SpadeDataLoaders.from_cmp_facades)
 register_format('pix2pix_facades', "pix2pix facades: train/*.jpg (and val/*.jpg), photo and colour label map side by side",
                 lambda p: any(p.glob('train/*.jpg')), SpadeDataLoaders.from_pix2pix_facades)
+
+# %% ../nbs/01b_formats.ipynb #dbea57e2
+def held_out_file(name:str='cmp_facades' # the data set: 'cmp_facades'
+                 )->Path:
+    "The file naming the samples of the fixed held-out split of data set `name` shipped with the library, one a line."
+    fn = Path(str(resources.files('gaugan_fastai')/'splits'/f'{name}_held_out.txt'))
+    if not fn.is_file(): raise ValueError(f"No held-out split for {name!r}: the library ships one for 'cmp_facades'")
+    return fn
 
 # %% ../nbs/01b_formats.ipynb #70688f35
 def read_arcgis_classes(path:Path|str # an export folder

@@ -32,9 +32,10 @@ class GauGANSynthesizer:
                  device:str|torch.device|None=None, # where to compute (`None`: the best available)
                  label_reader:LabelReader|None=None, # how the training label files became class ids
                  dontcare_channel:int|None=None, # input channel of dontcare pixels (`semantic_input`); `None`: none
-                 train_georef:dict|None=None # {'crs', 'pixel_m'} of the training tiles, when they were georeferenced
+                 train_georef:dict|None=None, # {'crs', 'pixel_m'} of the training tiles, when they were georeferenced
+                 ema:dict|None=None # how the weights were averaged (`WeightAverage.describe`); `None`: trained weights as they are
                 ):
-        store_attr('generator,codes,settings,label_reader,dontcare_channel,train_georef')
+        store_attr('generator,codes,settings,label_reader,dontcare_channel,train_georef,ema')
         self.palette, self.device = np.asarray(palette, dtype=np.uint8), get_device(device)
         self.generator.to(self.device)
 
@@ -135,7 +136,7 @@ def save(self:GauGANSynthesizer, fname:str|Path # file to write, e.g. 'landcover
     state = {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}
     return atomic_save({'format': 'gaugan_fastai.synthesizer/2', 'settings': dict(self.settings), 'codes': list(self.codes),
                         'palette': self.palette.tolist(), 'label_reader': _reader_args(self.label_reader),
-                        'dontcare_channel': self.dontcare_channel, 'train_georef': self.train_georef,
+                        'dontcare_channel': self.dontcare_channel, 'train_georef': self.train_georef, 'ema': self.ema,
                         'state_dict': state}, fname)
 
 def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save` / `learn.export_synthesizer`
@@ -162,7 +163,7 @@ def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save
     if args is not None and args.get('colors') is not None: args.setdefault('color_tolerance', None) # saved before it was a setting
     reader = None if args is None else LabelReader(**args)
     return GauGANSynthesizer(generator, saved['codes'], np.array(saved['palette'], dtype=np.uint8), saved['settings'],
-                             device, reader, saved.get('dontcare_channel'), saved.get('train_georef')) # older files: None
+                             device, reader, saved.get('dontcare_channel'), saved.get('train_georef'), saved.get('ema')) # older files: None
 
 # %% ../nbs/09_inference.ipynb #b04cdcc9
 def training_georef(samples:list # training items; those that are not georeferenced `Sample`s are skipped
@@ -175,13 +176,15 @@ def training_georef(samples:list # training items; those that are not georeferen
 
 @patch
 def synthesizer(self:GauGANLearner)->GauGANSynthesizer:
-    "The learner's generator side as a `GauGANSynthesizer` (sharing its weights)."
+    "The learner's `inference_generator` (its weight average, if it keeps one) as a `GauGANSynthesizer`, sharing its weights."
     tls = getattr(self.dls.train_ds, 'tls', None) # `None` for in-memory data without files
     reader = None if tls is None else first(t for t in tls[0].tfms.fs if isinstance(t, LabelReader))
-    return GauGANSynthesizer(self.model.generator, self.dls.codes, self.dls.palette, self.settings,
+    average = self.model.average
+    return GauGANSynthesizer(self.inference_generator(), self.dls.codes, self.dls.palette, self.settings,
                              device=next(self.model.generator.parameters()).device, label_reader=reader,
                              dontcare_channel=self.model.dontcare_channel,
-                             train_georef=training_georef(getattr(self.dls.train_ds, 'items', [])))
+                             train_georef=training_georef(getattr(self.dls.train_ds, 'items', [])),
+                             ema=None if average is None else average.describe())
 
 @patch
 def generate(self:GauGANLearner, label_maps, # [H,W] or [bs,H,W] class ids
