@@ -18,12 +18,16 @@ from gaugan_fastai.encoder import *
 from gaugan_fastai.discriminator import *
 from gaugan_fastai.losses import *
 from gaugan_fastai.pix2pix import *
+from gaugan_fastai.ema import *
 from gaugan_fastai.checkpoints import *
 from gaugan_fastai.learner import *
 from gaugan_fastai.distributed import *
 from gaugan_fastai.inference import *
+from gaugan_fastai.scene import *
 from gaugan_fastai.nvlabs import *
+from gaugan_fastai.finetune import *
 from gaugan_fastai.bench import *
+from gaugan_fastai.fast import *
 from gaugan_fastai.metrics import *
 from gaugan_fastai.demo import *
 from gaugan_fastai.paint import *

@@ -8,6 +8,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/bench.html.md"""
 # %% ../nbs/09b_bench.ipynb #0235099c
 from __future__ import annotations
 import time, sys
+from pathlib import Path
 import numpy as np
 import torch
 from fastai.data.core import DataLoaders
@@ -19,9 +20,10 @@ from .data import LabelMap, default_palette
 from .losses import VGGLoss
 from .learner import gaugan_learner
 from .inference import GauGANSynthesizer
+from .fast import fast_precision, fast_synthesizer
 
 # %% auto #0
-__all__ = ['synthetic_dls', 'bench_gaugan']
+__all__ = ['synthetic_dls', 'bench_gaugan', 'bench_plain_fast']
 
 # %% ../nbs/09b_bench.ipynb #848236bd
 def synthetic_dls(n_classes:int=8, # classes of the label maps
@@ -43,15 +45,27 @@ def synthetic_dls(n_classes:int=8, # classes of the label maps
     return dls
 
 # %% ../nbs/09b_bench.ipynb #c102ef27
+def _sig(x:float)->float:
+    "`x` to 4 significant digits (a fixed number of decimals loses the precision of small rates)."
+    return float(f'{x:.4g}')
+
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
 
-def _max_rss():
-    "Peak resident memory of this process in bytes (Linux, macOS), or NaN where the `resource` module is missing."
+_STATUS = Path('/proc/self/status')
+
+def _reset_peak_rss():
+    "Restart the count of this process's peak resident memory (Linux: `VmHWM`), so that each measurement has its own."
+    try: Path('/proc/self/clear_refs').write_text('5')
+    except OSError: pass
+
+def _peak_rss():
+    "Peak resident memory of this process in bytes since `_reset_peak_rss` (Linux), or since it started (macOS); NaN elsewhere."
+    if _STATUS.exists():
+        return next(int(l.split()[1]) * 1024 for l in _STATUS.read_text().splitlines() if l.startswith('VmHWM'))
     try: import resource
     except ImportError: return float('nan')
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == 'darwin' else rss * 1024 # macOS reports bytes, Linux kilobytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS reports bytes
 
 class _IterTimer(Callback):
     "Time the training batches from batch `start` to the end of the epoch, and count the steps of each network."
@@ -75,29 +89,48 @@ def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
                  n_classes:int=8, # classes of the synthetic label maps
                  n_iters:int=10, # timed iterations (one generator and one critic step each)
                  warmup:int=2, # untimed iterations first
-                 device:str|torch.device|None=None # `None`: the best available
+                 fast_generation:bool=False, # generate with `fast_synthesizer` (in `precision`) instead of the trained synthesizer
+                 device:str|torch.device|None=None, # `None`: the best available
+                 **kwargs # passed to `gaugan_learner` (e.g. a training scheme)
                 )->dict:
     "Training images/s, peak memory and batch-1 generation latency of a GauGAN configuration on this machine."
     device = get_device(device)
     dls = synthetic_dls(n_classes, size, bs, 2 * (warmup + n_iters), device)
     learn = gaugan_learner(dls, arch=arch, ngf=ngf, use_vae=use_vae, vgg=VGGLoss(pretrained=False) if vgg else False,
-                           precision=precision, checkpoint=None)
+                           precision=precision, checkpoint=None, **kwargs)
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
+    else: _reset_peak_rss()
     timer = _IterTimer(2 * warmup)
     with learn.no_logging(), learn.no_bar(): learn.fit(1, cbs=timer)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else _max_rss()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else _peak_rss()
     synth, labels = learn.synthesizer(), dls.one_batch()[0][:1]
+    if fast_generation: synth = fast_synthesizer(synth, precision)
     amp = torch.autocast(device.type, dtype=autocast_dtype(device) if precision == 'bf16' else torch.float16,
-                         enabled=precision != 'fp32')
+                         enabled=precision != 'fp32' and not fast_generation)
     times = []
     with amp:
         for i in range(warmup + 5):
             _sync(device); t0 = time.perf_counter()
             synth.generate(labels, seed=i)
             _sync(device); times.append(time.perf_counter() - t0)
-    return {'arch': arch, 'size': size, 'bs': bs, 'precision': precision, 'ngf': ngf, 'use_vae': use_vae, 'vgg': vgg,
-            'device': str(device), 'timed_steps': timer.steps,
-            'train_images_per_s': round(n_iters * bs / timer.elapsed, 3),
-            'train_s_per_iter': round(timer.elapsed / n_iters, 4), 'peak_memory_gb': round(peak / 2**30, 3),
+    return {'arch': arch, 'size': size, 'bs': bs, 'precision': precision, 'fast_generation': fast_generation, 'ngf': ngf, 'use_vae': use_vae, 'vgg': vgg,
+            'device': str(device), 'threads': torch.get_num_threads(), **kwargs, 'timed_steps': timer.steps,
+            'train_images_per_s': _sig(n_iters * bs / timer.elapsed),
+            'train_s_per_iter': _sig(timer.elapsed / n_iters), 'peak_memory_gb': round(peak / 2**30, 3),
             'peak_memory_kind': 'cuda allocated' if device.type == 'cuda' else 'process max RSS',
             'generate_latency_ms': round(1000 * float(np.median(times[warmup:])), 2)}
+
+# %% ../nbs/09b_bench.ipynb #925ef5de
+def bench_plain_fast(device:str|torch.device|None=None, # `None`: the best available
+                     **kwargs # passed to both `bench_gaugan` runs (the setup: size, bs, ngf, ...)
+                    )->dict:
+    "`bench_gaugan` of the plain float32 path and of the fast path on the same setup, and their ratios (fast vs plain)."
+    device = get_device(device)
+    if 'precision' in kwargs or 'fast_generation' in kwargs:
+        raise TypeError("bench_plain_fast: precision and fast_generation are what it compares; give the setup only")
+    plain = bench_gaugan(precision='fp32', device=device, **kwargs)
+    fast = bench_gaugan(precision=fast_precision(device), fast_generation=True, device=device, **kwargs)
+    return {'plain': plain, 'fast': fast,
+            'train_speedup': round(fast['train_images_per_s'] / plain['train_images_per_s'], 2),
+            'generate_speedup': round(plain['generate_latency_ms'] / fast['generate_latency_ms'], 2),
+            'peak_memory_ratio': round(fast['peak_memory_gb'] / plain['peak_memory_gb'], 2)}

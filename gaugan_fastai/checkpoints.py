@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime, hashlib, json, os, socket, tempfile
 from pathlib import Path
 import numpy as np
-import torch
+import torch, torch.distributed as dist
 from fastcore.basics import store_attr, first, patch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
 from fastai.learner import SkipToEpoch
+from fastai.torch_core import rank_distrib
 from .core import *
 from .data import Sample
 
@@ -261,7 +262,7 @@ class SaveCheckpointCallback(Callback):
             self.release(); raise
 
     def _follow(self):
-        "On a process other than rank 0: no lock, no files; continue a resumed run from the same state as rank 0."
+        "On a process other than rank 0: no lock, no files; continue a resumed run from the state rank 0 loaded."
         self.run_fingerprint, self.skipped = {**self.fingerprint(), 'schedule': schedule_fingerprint(self.learn)}, False
         if self.resumed is not None:
             r, self.resumed = self.resumed, None
@@ -296,11 +297,13 @@ class SaveCheckpointCallback(Callback):
 
     def _restore(self, r):
         "Put back the state of the run at the end of the resumed epoch that `fit` set afresh."
-        rng = r['rng']
-        for dl, s in zip(self.dls.loaders, rng['loaders']): dl.rng.setstate((s[0], tuple(s[1]), s[2]))
-        torch.set_rng_state(rng['torch'])
-        for i, s in enumerate(rng['cuda'][:torch.cuda.device_count() if torch.cuda.is_available() else 0]):
-            torch.cuda.set_rng_state(s, i)
+        states, rank = r['rng'], rank_distrib()
+        if rank < len(states): # a process the checkpoint has no state for (more processes than it saved) keeps its own
+            rng = states[rank]
+            for dl, s in zip(self.dls.loaders, rng['loaders']): dl.rng.setstate((s[0], tuple(s[1]), s[2]))
+            torch.set_rng_state(rng['torch'])
+            for i, s in enumerate(rng['cuda'][:torch.cuda.device_count() if torch.cuda.is_available() else 0]):
+                torch.cuda.set_rng_state(s, i)
         trainer, scaler = getattr(self.learn, 'gan_trainer', None), getattr(self.learn, 'scaler', None)
         if trainer is not None and r['gen_mode'] is not None: trainer.gen_mode = r['gen_mode']
         if scaler is not None and r['scaler'] is not None: scaler.load_state_dict(r['scaler'])
@@ -313,13 +316,22 @@ class SaveCheckpointCallback(Callback):
                 'model': self.learn.model.state_dict(), 'opt': _python_values(self.learn.opt.state_dict()),
                 'scaler': scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
                 'gen_mode': None if trainer is None else bool(trainer.gen_mode),
-                'rng': {'loaders': [dl.rng.getstate() for dl in self.dls.loaders], 'torch': torch.get_rng_state(),
-                        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+                'rng': self.random_states()}
+
+    def random_states(self)->list:
+        "Every process's random states, by rank (one process: a list of one); a collective call on several processes."
+        mine = {'loaders': [dl.rng.getstate() for dl in self.dls.loaders], 'torch': torch.get_rng_state(),
+                'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return [mine]
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, mine)
+        return states
 
     def after_cancel_epoch(self): self.skipped = True
     def after_epoch(self):
-        if self.skipped: self.skipped = False
-        elif is_main_process(): self.last_saved_path = atomic_save(self.state(), self.folder/f'{self.fname}_{self.epoch}.pth')
+        if self.skipped: self.skipped = False; return
+        state = self.state() # on every process: it gathers their random states
+        if is_main_process(): self.last_saved_path = atomic_save(state, self.folder/f'{self.fname}_{self.epoch}.pth')
     def after_fit(self): self.release()
 
     def release(self):

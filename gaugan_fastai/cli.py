@@ -23,13 +23,16 @@ from .checkpoints import CheckpointError, writable_file, writable_folder
 from .distributed import num_processes, launched_process_group, main_process_output
 from .losses import VGGLoss
 from .inference import load_synthesizer, save_image
-from .bench import bench_gaugan
+from .nvlabs import NVLABS_PRESETS, load_nvlabs, load_model
+from .bench import bench_gaugan, bench_plain_fast
+from .fast import fast_precision, fast_synthesizer
 from .metrics import evaluate_model, format_scores
 from .demo import run_demo
+from .scene import generate_scene_command
 
 # %% auto #0
 __all__ = ['DEMO_MINUTES', 'user_message', 'user_errors', 'given', 'defaults_of', 'gaugan_train', 'gaugan_generate',
-           'gaugan_demo', 'gaugan_bench', 'gaugan_evaluate']
+           'gaugan_convert', 'gaugan_demo', 'gaugan_bench', 'gaugan_evaluate']
 
 # %% ../nbs/15_cli.ipynb #e25810ed
 _WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.")
@@ -76,7 +79,7 @@ def gaugan_train(
     epochs:int=10, # epochs in total (with --resume: including those already done)
     lr:float=_learner['lr'], # peak base learning rate (generator lr/2, discriminator 2*lr)
     arch:Annotated[str, {'choices': _ARCHS}]='spade', # generator: SPADE (GauGAN), CLADE or the pix2pix U-Net
-    precision:Annotated[str, {'choices': _PRECISIONS}]='fp32', # training precision
+    precision:Annotated[str, {'choices': ['auto', *_PRECISIONS]}]='fp32', # training precision; auto: bf16 where the hardware computes it natively
     ngf:int=_learner['ngf'], # generator width
     ndf:int=_learner['ndf'], # discriminator width
     vae:bool=True, # leave out the style encoder (then: random styles only, no --style)
@@ -86,6 +89,7 @@ def gaugan_train(
     resume:bool=False, # continue from the newest checkpoint in --checkpoints
     out:str='gaugan.pth', # file for the exported model
     valid_pct:float=None, # share of the data held out for validation (default 0.2; not for data sets with their own split)
+    valid_names:str=None, # file naming the held-out samples (label file stems), one a line, instead of --valid-pct
     seed:int=0, # seed of the split and the initialization
     workers:int=None, # data loading processes (default: one per spare core)
     device:str=None, # e.g. cuda, cpu (default: the best available)
@@ -95,7 +99,8 @@ def gaugan_train(
         writable_file(out, 'model file')  # now, not after the last epoch
         format = ifnone(format, detect_format(data))
         dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, device=get_device(device),
-                           **given(codes=codes, values=values, valid_pct=valid_pct))
+                           **given(codes=codes, values=values, valid_pct=valid_pct, valid_names=valid_names))
+        if precision == 'auto': precision = fast_precision(dls.device)
         if vgg and arch != 'pix2pix':
             try: vgg = VGGLoss(lambda_vgg=_learner['lambda_vgg'], weights_path=vgg_weights)
             except RuntimeError as e: raise ValueError(f"{e} On the command line: --vgg-weights FILE, or --no-vgg.") from e
@@ -130,30 +135,57 @@ def _outputs(labels, n, out)->list:
 
 @call_parse
 def gaugan_generate(
-    model:str, # model file written by gaugan-train (or learn.export_synthesizer)
+    model:str, # model file written by gaugan-train (or learn.export_synthesizer), or an NVlabs/SPADE run folder or *_net_G.pth
     labels:Annotated[str, {'nargs': '+'}], # label map files, in the format of the training data's (PNG, GeoTIFF...)
-    out:str='generated', # folder for the images
+    dataset:Annotated[str, {'choices': list(NVLABS_PRESETS)}]=None, # data set of an NVlabs/SPADE run without opt.txt
+    out:str='generated', # folder for the images (with --scene: a .tif file, or a folder for <raster name>.tif)
     style:str=None, # photo whose style to copy (models trained with the style encoder)
     n:int=1, # images per label map, each with its own style code
     seed:int=None, # seed of the style codes (the same seed gives the same images)
+    scene:bool=False, # one seamless GeoTIFF for a whole label raster of any size (overlapping tiles, blended)
+    overlap:int=None, # with --scene: overlap of neighbouring tiles in pixels (default: a quarter of a tile)
+    style_scale:float=None, # with --scene: pixels between independent styles, a style that drifts (default: one style)
+    precision:Annotated[str, {'choices': ['fp32', 'bf16', 'auto']}]='fp32', # fp32: the model's images (to float rounding); bf16 rounds them; auto: bf16 where the hardware computes it natively
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
-    "Generate images for label maps with a trained model."
+    "Generate images for label maps with a trained model; with --scene, one georeferenced image of a whole raster."
     with user_errors('gaugan-generate'):
         labels = [labels] if isinstance(labels, (str, Path)) else list(labels)
-        synth = load_synthesizer(model, device)
-        outputs = _outputs(labels, n, out)
+        if not scene and (overlap is not None or style_scale is not None):
+            raise ValueError("--overlap and --style-scale apply to --scene only")
+        synth = load_model(model, dataset, device)
+        synth = fast_synthesizer(synth, fast_precision(synth.device) if precision == 'auto' else precision)
         style_image = None if style is None else synth.read_style(style)
+        if scene: return generate_scene_command(synth, labels, out, style_image, n=n, overlap=overlap, seed=seed,
+                                                style_scale=style_scale)
+        outputs = _outputs(labels, n, out)
+        if synth.takes_instances: print("The model takes instance edges; without instance maps, the class boundaries are used")
         writable_folder(out, 'output folder')  # after the inputs' checks: a refused command leaves no folder behind
         written = []
         for fn, (files, like) in progress_bar(list(zip(labels, outputs)), leave=False):
             ids = synth.read_labels(fn)
             if tuple(ids.shape) != synth.size:
                 print(f"{fn}: {ids.shape[0]}x{ids.shape[1]} label map resized to the model's {synth.size[0]}x{synth.size[1]}")
-            images = synth.generate(synth.resize_labels(ids), style=style_image, n=n, seed=seed)[0]
+            ids = synth.resize_labels(ids)
+            images = synth.generate(ids, style=style_image, n=n, seed=seed, instances=ids if synth.takes_instances else None)[0]
             written += [save_image(im, f, like=like) for im, f in zip(images, files)]
     print(f"{len(written)} images written to {out}")
     return written
+
+@call_parse
+def gaugan_convert(
+    run:str, # NVlabs/SPADE run folder (latest_net_G.pth, opt.txt...) or one *_net_G.pth
+    dataset:Annotated[str, {'choices': list(NVLABS_PRESETS)}]=None, # the data set it was trained on (needed without opt.txt)
+    out:str='model.pth', # our model file to write
+):
+    "Convert a run of NVlabs/SPADE once into a model file that every command (and load_synthesizer) takes."
+    with user_errors('gaugan-convert'):
+        synth = load_nvlabs(run, dataset, device='cpu')
+        fname = synth.save(out)
+    print(f"{run}: {len(synth.codes)} classes, {synth.size[0]}x{synth.size[1]} pixels, dontcare channel "
+          f"{synth.dontcare_channel}, instance edges {'yes' if synth.takes_instances else 'no'}, style encoder "
+          f"{'yes' if synth.generator.encoder is not None else 'no'}: written to {fname}")
+    return fname
 
 # %% ../nbs/15_cli.ipynb #05b2cd94
 DEMO_MINUTES = 10 # the demo's time budget on a 2-core CPU
@@ -192,7 +224,6 @@ def gaugan_bench(
     arch:Annotated[str, {'choices': _ARCHS}]=_bench['arch'], # generator architecture
     size:int=_bench['size'], # side of the square images
     bs:int=_bench['bs'], # batch size
-    precision:Annotated[str, {'choices': _PRECISIONS}]=_bench['precision'], # training precision
     ngf:int=_bench['ngf'], # generator width
     vae:bool=_bench['use_vae'], # leave out the style encoder and its KL term
     vgg:bool=_bench['vgg'], # leave out the VGG loss (timed with random weights: the same compute)
@@ -200,11 +231,12 @@ def gaugan_bench(
     warmup:int=_bench['warmup'], # untimed iterations first
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
-    "Training images/s, peak memory and batch-1 generation latency of a GauGAN configuration, as one JSON line."
+    "Training images/s, peak memory and batch-1 generation latency of the plain fp32 path and of the fast path, one JSON line each, then their ratios."
     with user_errors('gaugan-bench'):
-        res = bench_gaugan(arch=arch, size=size, bs=bs, precision=precision, ngf=ngf, use_vae=vae, vgg=vgg,
-                           n_iters=iters, warmup=warmup, device=device)
-    print(json.dumps(res))
+        res = bench_plain_fast(arch=arch, size=size, bs=bs, ngf=ngf, use_vae=vae, vgg=vgg, n_iters=iters, warmup=warmup,
+                               device=device)
+    for path in ('plain', 'fast'): print(json.dumps({'path': path, **res[path]}))
+    print(json.dumps({k: v for k, v in res.items() if k not in ('plain', 'fast')}))
     return res
 
 # %% ../nbs/15_cli.ipynb #5a62d3f0
@@ -216,9 +248,11 @@ def gaugan_evaluate(
     split:Annotated[str, {'choices': ['valid', 'train']}]='valid', # which part of the data to score on
     segmenter:str=None, # segmenter file: used if it exists, else trained and saved there (default: beside --out)
     out:str='scores.json', # JSON file for the results
+    grid:str=None, # picture of label maps, generated and real photos of the first batch (default: --out as .png)
     codes:Annotated[str, {'nargs': '+'}]=None, # class names (folders format)
     values:Annotated[int, {'nargs': '+'}]=None, # label value of each class (folders, ArcGIS)
     valid_pct:float=None, # share of the data held out for validation, as in training (default 0.2)
+    valid_names:str=None, # file naming the held-out samples (label file stems), one a line, as in training
     seed:int=0, # seed of the split, as in training, and of the style codes
     bs:int=8, # batch size
     max_batches:int=None, # score only this many batches
@@ -230,8 +264,9 @@ def gaugan_evaluate(
     with user_errors('gaugan-evaluate'):
         segmenter = ifnone(segmenter, Path(out).parent/f'{Path(data).resolve().name}_segmenter.pth')
         res = evaluate_model(model, data, format=format, split=split, segmenter=segmenter, out=out, bs=bs,
+                             grid=ifnone(grid, Path(out).with_suffix('.png')),
                              max_batches=max_batches, n_diversity=n_diversity, style_seed=seed, device=device,
-                             seed=seed, num_workers=workers, **given(codes=codes, values=values, valid_pct=valid_pct))
+                             seed=seed, num_workers=workers, **given(codes=codes, values=values, valid_pct=valid_pct, valid_names=valid_names))
     print(format_scores(res))
-    print(f"Scores written to {out}")
+    print(f"Scores written to {out}, pictures to {res['grid']}")
     return res

@@ -23,10 +23,11 @@ from .core import *
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IGNORE_COLOR', 'GEOTIFF_SUFFIXES', 'IMAGE_SUFFIXES', 'LabelMap', 'InstanceMap', 'PILLabelMap',
-           'PILInstanceMap', 'default_palette', 'colorize_labels', 'read_raster', 'raster_header', 'raster_size',
-           'LabelReader', 'ImageReader', 'dataset_value_range', 'InstanceReader', 'Sample', 'read_georef',
-           'same_georef', 'save_geotiff', 'AddLabelInfo', 'default_num_workers', 'default_load_size', 'check_samples',
-           'ReproducibleDL', 'SpadeDataLoaders', 'instance_edges', 'semantic_input', 'show_batch', 'pair_files']
+           'PILInstanceMap', 'default_palette', 'colorize_labels', 'show_samples', 'read_raster', 'raster_header',
+           'raster_size', 'LabelReader', 'ImageReader', 'dataset_value_range', 'InstanceReader', 'Sample',
+           'read_georef', 'pixel_size_m', 'same_georef', 'save_geotiff', 'AddLabelInfo', 'default_num_workers',
+           'default_load_size', 'check_samples', 'ReproducibleDL', 'names_splitter', 'SpadeDataLoaders',
+           'instance_edges', 'onehot_channels', 'semantic_input', 'show_batch', 'pair_files']
 
 # %% ../nbs/01_data.ipynb #330a3ec6
 IGNORE_INDEX = 255  # class id of dontcare / nodata pixels: no one-hot channel, ignored by every loss
@@ -66,6 +67,23 @@ def colorize_labels(labels, # class ids `[H,W]`, tensor or array
     lut[:len(palette)] = palette
     lut[IGNORE_INDEX] = IGNORE_COLOR
     return lut[np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)]
+
+# %% ../nbs/01_data.ipynb #7fe9ae20
+def show_samples(labels:torch.Tensor, # class ids `[N,H,W]`
+                 columns:dict, # column title -> images `[N,3,H,W]` in [-1,1] (e.g. {'generated': fake, 'real': real})
+                 palette:np.ndarray, # uint8 `[c,3]` class colours
+                 max_n:int=4, # rows (label maps) to draw
+                 figsize:tuple|None=None # default: 2 inches per picture
+                )->plt.Figure:
+    "A grid of label maps (first column) beside the images in `columns`, one row per label map."
+    n = min(max_n, len(labels))
+    cols = [('label map', [colorize_labels(l, palette) for l in labels[:n]])] + [(t, to_uint8(v[:n])) for t, v in columns.items()]
+    fig, axs = plt.subplots(n, len(cols), figsize=ifnone(figsize, (2 * len(cols), 2 * n)), squeeze=False)
+    for j, (title, pictures) in enumerate(cols):
+        for i in range(n): axs[i, j].imshow(pictures[i]); axs[i, j].axis('off')
+        axs[0, j].set_title(title)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/01_data.ipynb #c03a2ea4
 GEOTIFF_SUFFIXES = ('.tif', '.tiff')
@@ -305,6 +323,16 @@ def read_georef(fn:Path|str)->tuple:
     "(crs, transform) of a GeoTIFF; (None, None) when it has no CRS."
     return raster_header(fn)[2:4]
 
+def pixel_size_m(crs, # `rasterio.crs.CRS`, or `None`
+                 transform:Affine # pixel -> map affine transform
+                )->float|None:
+    "Ground size in metres of a pixel (mean of its width and height); degrees are converted at the transform's top edge."
+    if crs is None: return None
+    w, h = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    if crs.is_geographic: w, h = w * 111_320 * math.cos(math.radians(transform.f)), h * 110_574
+    else: w, h = w * crs.linear_units_factor[1], h * crs.linear_units_factor[1]
+    return (w + h) / 2
+
 def same_georef(a:tuple, # (crs, transform) of one raster
                 b:tuple # and of another of the same size
                )->bool:
@@ -396,6 +424,23 @@ class ReproducibleDL(TfmdDL):
             finally: state = random.getstate(); random.setstate(outer)
             yield b
 
+# %% ../nbs/01_data.ipynb #2d654063
+def names_splitter(samples:list, # the `Sample`s to split
+                   names:list|str|Path, # names (label file stems) of the validation samples, or a text file of them, one a line
+                   splitter:Callable|None=None # a splitter given as well: an error
+                  )->Callable:
+    "A fastai splitter putting the samples named in `names` in the validation set, after checking every name is there."
+    if splitter is not None: raise ValueError("give either splitter or valid_names, not both")
+    source = f"valid_names file {names}" if isinstance(names, (str, Path)) else "valid_names"
+    if isinstance(names, (str, Path)):
+        if not Path(names).is_file(): raise FileNotFoundError(f"valid_names file {names} does not exist")
+        names = Path(names).read_text().split()
+    names, stems = set(names), {Path(s.label).stem for s in samples}
+    if not names: raise ValueError(f"{source}: no names in it")
+    if missing := sorted(names - stems):
+        raise ValueError(f"{source}: {len(missing)} of its {len(names)} names match no sample of the data, e.g. {missing[0]!r}")
+    return FuncSplitter(lambda s: Path(s.label).stem in names)
+
 # %% ../nbs/01_data.ipynb #0fc8b4c8
 class SpadeDataLoaders(DataLoaders):
     "`DataLoaders` of `(LabelMap, TensorImage)` batches (or `(LabelMap, InstanceMap, TensorImage)`) for GauGAN."
@@ -420,7 +465,8 @@ class SpadeDataLoaders(DataLoaders):
                      size:int|tuple=256, # crop size (h,w) or side
                      load_size:int|tuple|None=None, # resize to this before cropping; default `default_load_size`
                      flip:bool=True, # random horizontal flips (training set only)
-                     valid_pct:float=0.2, # share of samples for validation, when no `splitter`
+                     valid_pct:float=0.2, # share of samples for validation, when no `splitter` or `valid_names`
+                     valid_names:list|str|Path|None=None, # the samples to validate on by name (label file stem), or a text file of names, one a line
                      seed:int|None=None, # seed of the random split, the batch order and the crops and flips
                      splitter:Callable|None=None, # fastai splitter over `samples`, overrides `valid_pct`
                      bs:int=8, # batch size
@@ -445,6 +491,7 @@ class SpadeDataLoaders(DataLoaders):
         if with_instances and any(s.instance is None for s in samples):
             raise ValueError(f"with_instances: samples without an instance file, e.g. {first(s for s in samples if s.instance is None)}")
         image_reader = ifnone(image_reader, ImageReader())
+        if valid_names is not None: splitter = names_splitter(samples, valid_names, splitter)
         photo_types = check_samples(samples, label_reader, image_reader, instance_reader, check_georef)
         if image_reader.value_range is None and photo_types != {np.dtype(np.uint8)}:  # one range for the whole data set
             value_range = dataset_value_range([s.image for s in samples], image_reader)
@@ -483,6 +530,12 @@ def instance_edges(instances:torch.Tensor # instance ids `[bs,H,W]`
     edge[:, 1:, :] |= dy; edge[:, :-1, :] |= dy
     return edge
 
+def onehot_channels(n_classes:int, # number of classes `c`
+                    dontcare_channel:int|None=None # channel lit at dontcare pixels, or `None`
+                   )->int:
+    "One-hot channels of `semantic_input`: the classes', and the dontcare channel when it is not one of them; instance edges come next."
+    return n_classes if dontcare_channel is None else max(n_classes, dontcare_channel + 1)
+
 def semantic_input(labels:torch.Tensor, # class ids int `[bs,H,W]`, `IGNORE_INDEX` for dontcare
                    n_classes:int, # number of classes `c`
                    instances:torch.Tensor|None=None, # instance ids `[bs,H,W]`, optional
@@ -498,7 +551,7 @@ def semantic_input(labels:torch.Tensor, # class ids int `[bs,H,W]`, `IGNORE_INDE
     if bad.any():
         raise ValueError(f"label ids must be in 0..{n_classes-1} or {IGNORE_INDEX}, found {labels[bad].unique()[:10].tolist()}")
     bs, h, w = labels.shape
-    n_onehot = n_classes if dontcare_channel is None else max(n_classes, dontcare_channel + 1)
+    n_onehot = onehot_channels(n_classes, dontcare_channel)
     out = torch.zeros(bs, n_onehot + (instances is not None), h, w, device=labels.device)
     lit = ~ignore if dontcare_channel is None else torch.ones_like(ignore)  # all zero at dontcare, or its channel
     out.scatter_(1, labels.masked_fill(ignore, ifnone(dontcare_channel, 0))[:, None], lit[:, None].float())

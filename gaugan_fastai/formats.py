@@ -9,6 +9,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/formats.html.md"""
 # %% ../nbs/01b_formats.ipynb #d1a71280
 from __future__ import annotations
 import inspect, json, math, warnings
+from importlib import resources
 from pathlib import Path
 import numpy as np
 import torch
@@ -24,7 +25,8 @@ from .data import _is_geotiff
 # %% auto #0
 __all__ = ['DATA_FORMATS', 'CMP_FACADE_CLASSES', 'CMP_FACADE_PALETTE', 'LANDCOVER_CLASSES', 'LANDCOVER_VALUES',
            'LANDCOVER_NODATA', 'LANDCOVER_PALETTE', 'LANDCOVER_LOOK', 'DataFormat', 'register_format', 'detect_format',
-           'data_loaders', 'read_label_names', 'read_arcgis_classes', 'make_landcover_demo']
+           'data_loaders', 'read_label_names', 'held_out_file', 'read_arcgis_classes', 'make_landcover_demo',
+           'ClassList', 'dataset_classes']
 
 # %% ../nbs/01b_formats.ipynb #4cd1db89
 class DataFormat:
@@ -155,7 +157,8 @@ def from_cmp_facades(cls:SpadeDataLoaders, path:Path|str, # the raw folder (`cmp
 
 @patch(cls_method=True)
 @delegates(SpadeDataLoaders.from_samples, but=['samples', 'codes', 'label_reader', 'image_reader', 'palette',
-                                               'with_instances', 'splitter', 'valid_pct'])
+                                               'with_instances', 'splitter', 'valid_pct',
+                                               'valid_names'])
 def from_pix2pix_facades(cls:SpadeDataLoaders, path:Path|str, # pix2pix's `facades` folder (`train/`, `val/`)
                          size:int=256, # crop size
                          **kwargs):
@@ -176,6 +179,14 @@ register_format('cmp_facades', "raw CMP Facades: cmp_b*.jpg photos and .png labe
                 lambda p: any(_cmp_raw_folder(p).glob('cmp_*.jpg')), SpadeDataLoaders.from_cmp_facades)
 register_format('pix2pix_facades', "pix2pix facades: train/*.jpg (and val/*.jpg), photo and colour label map side by side",
                 lambda p: any(p.glob('train/*.jpg')), SpadeDataLoaders.from_pix2pix_facades)
+
+# %% ../nbs/01b_formats.ipynb #dbea57e2
+def held_out_file(name:str='cmp_facades' # the data set: 'cmp_facades'
+                 )->Path:
+    "The file naming the samples of the fixed held-out split of data set `name` shipped with the library, one a line."
+    fn = Path(str(resources.files('gaugan_fastai')/'splits'/f'{name}_held_out.txt'))
+    if not fn.is_file(): raise ValueError(f"No held-out split for {name!r}: the library ships one for 'cmp_facades'")
+    return fn
 
 # %% ../nbs/01b_formats.ipynb #70688f35
 def read_arcgis_classes(path:Path|str # an export folder
@@ -320,3 +331,136 @@ def make_landcover_demo(path:Path|str, # folder to create (ArcGIS layout: images
         {'MetaDataMode': 'Classified_Tiles', 'NumTiles': n, 'TileSizeX': size, 'TileSizeY': size, 'NumBands': 3,
          'Classes': classes}, indent=1))
     return path
+
+# %% ../nbs/01b_formats.ipynb #9a7b0cb3
+class ClassList:
+    "Names and colours of a data set's classes; the index of a class is its id in the data set's label files."
+    def __init__(self, name:str, # file name in `gaugan_fastai/classes`, e.g. 'coco_stuff'
+                 dataset:str, # the data set, in words
+                 names:list, # class names, by id
+                 palette:np.ndarray, # uint8 [c, 3] colours, by id
+                 label_nc:int, # the SPADE reference's `label_nc` for this data set
+                 dontcare_value:int|None, # value of unlabeled pixels in the files (`IGNORE_INDEX`), if any
+                 names_from:str, # where the names come from
+                 colors_from:str # where the colours come from
+                ): store_attr()
+    __repr__ = basic_repr('name,dataset,label_nc')
+
+def _class_files(): return resources.files('gaugan_fastai')/'classes'
+
+def dataset_classes(name:str # 'coco_stuff', 'ade20k' or 'cityscapes'
+                   )->ClassList:
+    "The class list of a data set, shipped with the library (`gaugan_fastai/classes/<name>.json`)."
+    fn = _class_files()/f'{name}.json'
+    if not fn.is_file():
+        shipped = sorted(f.name.removesuffix('.json') for f in _class_files().iterdir() if f.name.endswith('.json'))
+        raise ValueError(f"No class list {name!r}: the library ships {', '.join(shipped)}")
+    d = json.loads(fn.read_text())
+    if [c['id'] for c in d['classes']] != list(range(len(d['classes']))): raise ValueError(f"{fn}: ids must run 0, 1, 2, ...")
+    return ClassList(name, d['dataset'], [c['name'] for c in d['classes']],
+                     np.array([c['color'] for c in d['classes']], np.uint8), d['label_nc'], d['dontcare_value'],
+                     d['names_from'], d['colors_from'])
+
+# %% ../nbs/01b_formats.ipynb #3a8d1c24
+def _coco_layout(path):
+    "{'train'|'valid': (labels, images, instances)} folders of a COCO-Stuff layout, or None."
+    if (path/'train_label').is_dir() or (path/'val_label').is_dir():  # SPADE's arrangement
+        return {k: (path/f'{s}_label', path/f'{s}_img', path/f'{s}_inst') for k, s in (('train', 'train'), ('valid', 'val'))}
+    if (path/'annotations'/'train2017').is_dir() or (path/'annotations'/'val2017').is_dir():  # cocostuff's download
+        return {k: (path/'annotations'/f'{s}2017', path/'images'/f'{s}2017', None) for k, s in (('train', 'train'), ('valid', 'val'))}
+    return None
+
+def _ade20k_layout(path):
+    "{'train'|'valid': (labels, images, None)} folders of ADEChallengeData2016, or None."
+    if not ((path/'annotations'/'training').is_dir() or (path/'annotations'/'validation').is_dir()): return None
+    return {k: (path/'annotations'/s, path/'images'/s, None) for k, s in (('train', 'training'), ('valid', 'validation'))}
+
+def _use_instances(instances, folders):
+    "Whether to read instance maps: `instances` (None: when every split has its instance folder)."
+    have = all(inst is not None and inst.is_dir() for _, _, inst in folders.values())
+    if instances and not have:
+        missing = first(inst for _, _, inst in folders.values() if inst is None or not inst.is_dir())
+        raise ValueError(f"instances=True, but {missing or 'this layout'} {'does not exist' if missing else 'has no instance maps'}")
+    return have if instances is None else bool(instances)
+
+def _split_samples(folders, instances):
+    "(train samples, valid samples) of same-stem files in each split's (labels, images, instances) folders."
+    found = []
+    for split, (labels, images, inst) in folders.items():
+        for d in (labels, images):
+            if not d.is_dir(): raise ValueError(f"{d} does not exist: the {split} split needs it")
+        found.append(pair_files(labels, images, inst if instances else None))
+    return found
+
+# %% ../nbs/01b_formats.ipynb #dcda02da
+def _cityscapes_split(path, split, instances):
+    "Samples of `leftImg8bit/<split>` paired with `gtFine/<split>` by city and name."
+    kinds = {'photos': ('leftImg8bit', '_leftImg8bit.png'), 'labels': ('gtFine', '_gtFine_labelIds.png')}
+    if instances: kinds['instance maps'] = ('gtFine', '_gtFine_instanceIds.png')
+    files = {}
+    for kind, (top, suffix) in kinds.items():
+        folder = path/top/split
+        if not folder.is_dir(): raise ValueError(f"{folder} does not exist: the Cityscapes {split} split needs it")
+        files[kind] = {f.relative_to(folder).as_posix().removesuffix(suffix): f for f in folder.glob(f'*/*{suffix}')}
+        if not files[kind]: raise ValueError(f"{folder} holds no */*{suffix} files")
+    common = set.intersection(*(set(d) for d in files.values()))
+    unpaired = [f"{len(extra)} {k} without a match, e.g. {', '.join(str(d[n]) for n in extra[:3])}"
+                for k, d in files.items() if (extra := sorted(set(d) - common))]
+    if unpaired: raise ValueError(f"Cityscapes {split} in {path}: " + "; ".join(unpaired))
+    return [Sample(files['labels'][n], files['photos'][n], files.get('instance maps', {}).get(n)) for n in sorted(common)]
+
+# %% ../nbs/01b_formats.ipynb #068ff774
+def _benchmark_dls(cls, path, train, valid, class_list, instances, **kwargs):
+    "`SpadeDataLoaders` of a benchmark's own split, its class ids read as they are in the files."
+    cl = dataset_classes(class_list)
+    dontcare = [] if cl.dontcare_value is None else [cl.dontcare_value]
+    splitter = IndexSplitter(list(range(len(train), len(train) + len(valid))))
+    return cls.from_samples(train + valid, cl.names, LabelReader(list(range(len(cl.names))), dontcare), palette=cl.palette,
+                            with_instances=instances, splitter=splitter, path=path, **kwargs)
+
+_BENCHMARK_BUT = ['samples', 'codes', 'label_reader', 'image_reader', 'palette', 'with_instances', 'splitter', 'valid_pct']
+
+@patch(cls_method=True)
+@delegates(SpadeDataLoaders.from_samples, but=_BENCHMARK_BUT)
+def from_coco_stuff(cls:SpadeDataLoaders, path:Path|str, # the data set's folder (SPADE's `train_img/`... or `images/`, `annotations/`)
+                    instances:bool|None=None, # read the instance maps (`None`: when the layout has them)
+                    size:int|tuple=256, # crop size
+                    **kwargs):
+    "`SpadeDataLoaders` of COCO-Stuff (182 classes, 255 unlabeled), trained on its train2017 and validated on its val2017 images."
+    path = Path(path)
+    folders = _coco_layout(path)
+    if folders is None: raise ValueError(f"{path}: no COCO-Stuff layout (train_label/ and val_label/, or annotations/train2017/)")
+    instances = _use_instances(instances, folders)
+    return _benchmark_dls(cls, path, *_split_samples(folders, instances), 'coco_stuff', instances, size=size, **kwargs)
+
+@patch(cls_method=True)
+@delegates(SpadeDataLoaders.from_samples, but=_BENCHMARK_BUT)
+def from_ade20k(cls:SpadeDataLoaders, path:Path|str, # `ADEChallengeData2016/` (`images/`, `annotations/`)
+                size:int|tuple=256, # crop size
+                **kwargs):
+    "`SpadeDataLoaders` of ADE20K (151 classes with 'other', no dontcare), trained on `training/`, validated on `validation/`."
+    path = Path(path)
+    folders = _ade20k_layout(path)
+    if folders is None: raise ValueError(f"{path}: no ADE20K layout (annotations/training/ and annotations/validation/)")
+    return _benchmark_dls(cls, path, *_split_samples(folders, False), 'ade20k', False, size=size, **kwargs)
+
+@patch(cls_method=True)
+@delegates(SpadeDataLoaders.from_samples, but=_BENCHMARK_BUT + ['load_size'])
+def from_cityscapes(cls:SpadeDataLoaders, path:Path|str, # the data set's folder (`leftImg8bit/`, `gtFine/`)
+                    instances:bool=True, # read the `_instanceIds.png` maps
+                    size:int|tuple=512, # width the photos are resized to (height: half of it), or (height, width); no crop
+                    **kwargs):
+    "`SpadeDataLoaders` of Cityscapes (35 label ids), trained on `train/`, validated on `val/`."
+    path = Path(path)
+    size = tuple(size) if is_listy(size) else (size // 2, size)
+    if not (path/'gtFine').is_dir(): raise ValueError(f"{path}: no Cityscapes layout (gtFine/ and leftImg8bit/)")
+    train, valid = (_cityscapes_split(path, s, instances) for s in ('train', 'val'))
+    return _benchmark_dls(cls, path, train, valid, 'cityscapes', instances, size=size, load_size=size, **kwargs)
+
+# %% ../nbs/01b_formats.ipynb #83fa047f
+register_format('coco_stuff', "COCO-Stuff: SPADE's train_img/, train_label/ (train_inst/), val_... or images/ and annotations/ train2017, val2017",
+                lambda p: _coco_layout(p) is not None, SpadeDataLoaders.from_coco_stuff)
+register_format('ade20k', "ADE20K scene parsing (ADEChallengeData2016): images/ and annotations/, training/ and validation/",
+                lambda p: _ade20k_layout(p) is not None, SpadeDataLoaders.from_ade20k)
+register_format('cityscapes', "Cityscapes: leftImg8bit/ and gtFine/, train/ and val/ by city",
+                lambda p: (p/'gtFine').is_dir() and (p/'leftImg8bit').is_dir(), SpadeDataLoaders.from_cityscapes)

@@ -8,18 +8,19 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/inference.html.md"""
 
 # %% ../nbs/09_inference.ipynb #c4370926
 from __future__ import annotations
+from collections import Counter
 from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
 from PIL import Image
 from fastcore.basics import patch, store_attr, first, ifnone
 from .core import *
-from .data import IGNORE_INDEX, LabelReader, ImageReader, semantic_input, save_geotiff
+from .data import IGNORE_INDEX, LabelReader, ImageReader, semantic_input, onehot_channels, save_geotiff, pixel_size_m
 from .learner import *
 from .checkpoints import CHECKPOINT_FORMAT, atomic_save
 
 # %% auto #0
-__all__ = ['GauGANSynthesizer', 'load_synthesizer', 'save_image']
+__all__ = ['GauGANSynthesizer', 'load_synthesizer', 'training_georef', 'save_image']
 
 # %% ../nbs/09_inference.ipynb #ddb423e1
 class GauGANSynthesizer:
@@ -30,11 +31,18 @@ class GauGANSynthesizer:
                  settings:dict, # arguments of `conditional_generator` that rebuild `generator`
                  device:str|torch.device|None=None, # where to compute (`None`: the best available)
                  label_reader:LabelReader|None=None, # how the training label files became class ids
-                 dontcare_channel:int|None=None # input channel of dontcare pixels (`semantic_input`); `None`: none
+                 dontcare_channel:int|None=None, # input channel of dontcare pixels (`semantic_input`); `None`: none
+                 train_georef:dict|None=None, # {'crs', 'pixel_m'} of the training tiles, when they were georeferenced
+                 ema:dict|None=None # how the weights were averaged (`WeightAverage.describe`); `None`: trained weights as they are
                 ):
-        store_attr('generator,codes,settings,label_reader,dontcare_channel')
+        store_attr('generator,codes,settings,label_reader,dontcare_channel,train_georef,ema')
         self.palette, self.device = np.asarray(palette, dtype=np.uint8), get_device(device)
         self.generator.to(self.device)
+
+    @property
+    def takes_instances(self)->bool:
+        "Whether the model takes an instance-edge channel (then `generate` wants `instances`)."
+        return self.settings['label_nc'] == onehot_channels(len(self.codes), self.dontcare_channel) + 1
 
     @property
     def size(self)->tuple:
@@ -91,8 +99,12 @@ class GauGANSynthesizer:
         "Class ids [H,W] of label file `fn`, read the way the training label files were (ids 0..c-1 and 255 if unrecorded)."
         fn = Path(fn)
         if not fn.is_file(): raise FileNotFoundError(f"label map {fn} does not exist")
-        reader = ifnone(self.label_reader, LabelReader(list(range(len(self.codes))), [IGNORE_INDEX]))
-        return torch.as_tensor(np.array(reader(fn))).long()
+        return torch.as_tensor(np.array(self.reader(fn))).long()
+
+    @property
+    def reader(self)->LabelReader:
+        "How label files become class ids: the training data's `label_reader`, else stored ids 0..c-1 and 255 (unknown)."
+        return ifnone(self.label_reader, LabelReader(list(range(len(self.codes))), [IGNORE_INDEX]))
 
     def resize_labels(self, ids:torch.Tensor # class ids [H,W] of any size
                      )->torch.Tensor:
@@ -124,7 +136,8 @@ def save(self:GauGANSynthesizer, fname:str|Path # file to write, e.g. 'landcover
     state = {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}
     return atomic_save({'format': 'gaugan_fastai.synthesizer/2', 'settings': dict(self.settings), 'codes': list(self.codes),
                         'palette': self.palette.tolist(), 'label_reader': _reader_args(self.label_reader),
-                        'dontcare_channel': self.dontcare_channel, 'state_dict': state}, fname)
+                        'dontcare_channel': self.dontcare_channel, 'train_georef': self.train_georef, 'ema': self.ema,
+                        'state_dict': state}, fname)
 
 def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save` / `learn.export_synthesizer`
                      device:str|torch.device|None=None # where to compute (`None`: the best available)
@@ -150,16 +163,28 @@ def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save
     if args is not None and args.get('colors') is not None: args.setdefault('color_tolerance', None) # saved before it was a setting
     reader = None if args is None else LabelReader(**args)
     return GauGANSynthesizer(generator, saved['codes'], np.array(saved['palette'], dtype=np.uint8), saved['settings'],
-                             device, reader, saved.get('dontcare_channel'))
+                             device, reader, saved.get('dontcare_channel'), saved.get('train_georef'), saved.get('ema')) # older files: None
 
 # %% ../nbs/09_inference.ipynb #b04cdcc9
+def training_georef(samples:list # training items; those that are not georeferenced `Sample`s are skipped
+                   )->dict|None:
+    "{'crs': the most common CRS, 'pixel_m': the median pixel size in metres} of the georeferenced `samples`, or `None`."
+    geo = [(s.crs, s.transform) for s in samples if getattr(s, 'crs', None) is not None and s.transform is not None]
+    if not geo: return None
+    return {'crs': Counter(str(crs) for crs, _ in geo).most_common(1)[0][0],
+            'pixel_m': float(np.median([pixel_size_m(crs, tfm) for crs, tfm in geo]))}
+
 @patch
 def synthesizer(self:GauGANLearner)->GauGANSynthesizer:
-    "The learner's generator side as a `GauGANSynthesizer` (sharing its weights)."
+    "The learner's `inference_generator` (its weight average, if it keeps one) as a `GauGANSynthesizer`, sharing its weights."
     tls = getattr(self.dls.train_ds, 'tls', None) # `None` for in-memory data without files
     reader = None if tls is None else first(t for t in tls[0].tfms.fs if isinstance(t, LabelReader))
-    return GauGANSynthesizer(self.model.generator, self.dls.codes, self.dls.palette, self.settings,
-                             device=next(self.model.generator.parameters()).device, label_reader=reader)
+    average = self.model.average
+    return GauGANSynthesizer(self.inference_generator(), self.dls.codes, self.dls.palette, self.settings,
+                             device=next(self.model.generator.parameters()).device, label_reader=reader,
+                             dontcare_channel=self.model.dontcare_channel,
+                             train_georef=training_georef(getattr(self.dls.train_ds, 'items', [])),
+                             ema=None if average is None else average.describe())
 
 @patch
 def generate(self:GauGANLearner, label_maps, # [H,W] or [bs,H,W] class ids

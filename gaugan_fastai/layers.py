@@ -16,7 +16,7 @@ from .core import plain
 
 # %% auto #0
 __all__ = ['norm_layer', 'ConditionalNorm', 'SPADE', 'FP32SpectralNorm', 'spectral_norm', 'conditional_norm', 'SPADEResBlock',
-           'CLADE', 'num_params', 'init_weights']
+           'CLADE', 'num_params', 'init_weights', 'xavier_ratios']
 
 # %% ../nbs/02_spade.ipynb #e7b4605c
 def norm_layer(kind:str, # 'batch', 'syncbatch' or 'instance'
@@ -159,3 +159,16 @@ def init_weights(model:nn.Module, # the network to initialize in place
             inits[init_type](getattr(m, 'weight_orig', m.weight))
             if m.bias is not None: nn.init.zeros_(m.bias)
     return model
+
+# %% ../nbs/02_spade.ipynb #0822d3c5
+def xavier_ratios(model:nn.Module, # the network to inspect
+                  gain:float=0.02 # the Xavier gain it should have been initialized with
+                 )->torch.Tensor:
+    "Measured std / Xavier-normal std (`gain*sqrt(2/(fan_in+fan_out))`) of each conv and linear weight of `model`: about 1 after `init_weights`."
+    ratios = []
+    for m in model.modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            w = getattr(m, 'weight_orig', m.weight)
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(w)
+            ratios.append(w.std().item() / (gain * (2 / (fan_in + fan_out)) ** 0.5))
+    return torch.tensor(ratios)

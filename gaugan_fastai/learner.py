@@ -8,6 +8,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/learner.html.md"""
 
 # %% ../nbs/08_learner.ipynb #5cb3e1b2
 from __future__ import annotations
+import itertools
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -18,18 +19,19 @@ from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from matplotlib.ticker import MaxNLocator
 from .core import *
-from .data import semantic_input, colorize_labels
+from .data import semantic_input, show_samples
 from .generator import SPADEGenerator
 from .encoder import ConvEncoder, reparameterize
 from .discriminator import MultiscaleDiscriminator
 from .losses import hinge_loss_d, hinge_loss_g, patch_scores, feature_matching_loss, VGGLoss, kl_loss
 from .pix2pix import UNetGenerator, unet_depth, l1_reconstruction_loss
 from .checkpoints import SaveCheckpointCallback
+from .ema import WeightAverage, GeneratorEMA
 
 # %% auto #0
-__all__ = ['ConditionalGenerator', 'conditional_generator', 'GauGAN', 'GauGANLoss', 'LossTerm', 'GauGANTrainer', 'TTUR',
-           'gan_splitter', 'DeviceMixedPrecision', 'NonFiniteLossError', 'StopOnNonFinite', 'GauGANLearner',
-           'gaugan_learner']
+__all__ = ['ConditionalGenerator', 'conditional_generator', 'GauGAN', 'GauGANLoss', 'LossTerm', 'GauGANTrainer', 'EachBatchTwice',
+           'PairedSteps', 'TTUR', 'gan_splitter', 'DeviceMixedPrecision', 'NonFiniteLossError', 'StopOnNonFinite',
+           'GauGANLearner', 'gaugan_learner']
 
 # %% ../nbs/08_learner.ipynb #cc017c08
 class ConditionalGenerator(Module):
@@ -107,10 +109,12 @@ class GauGAN(GANModule):
     "fastai `GANModule` for label-map-to-image synthesis: both networks see the label map."
     def __init__(self, generator:ConditionalGenerator, # the generator side (generator + optional encoder)
                  critic:nn.Module, # `MultiscaleDiscriminator` on `cat([seg, image])`
-                 n_classes:int # classes of the label maps (their one-hot channels)
+                 n_classes:int, # classes of the label maps (their one-hot channels)
+                 dontcare_channel:int|None=None, # input channel of dontcare pixels (`semantic_input`); `None`: all zero
+                 average:WeightAverage|None=None # an average of the generator's weights, for inference (`gaugan_learner(ema=...)`)
                 ):
         super().__init__(generator, critic, gen_mode=False)
-        self.n_classes = n_classes
+        self.n_classes, self.dontcare_channel, self.average = n_classes, dontcare_channel, average
         self.parallel = {} # network name -> its DistributedDataParallel wrapper, while training on several processes
 
     def network(self, name:str # 'generator' or 'critic'
@@ -120,8 +124,14 @@ class GauGAN(GANModule):
         return self.parallel.get(name, net) if self.gen_mode == (name == 'generator') else net
 
     def semantic(self, labels:Tensor, instances:Tensor|None=None)->Tensor:
-        "The one-hot label map (plus instance edges) the networks consume."
-        return semantic_input(plain(labels), self.n_classes, None if instances is None else plain(instances))
+        "The one-hot label map (plus instance edges) the networks consume, dontcare encoded by `dontcare_channel`."
+        return semantic_input(plain(labels), self.n_classes, None if instances is None else plain(instances),
+                              self.dontcare_channel)
+
+    def generator_inputs(self, *xb)->tuple:
+        "The generator's arguments (one-hot label map, style image or `None`) for a batch `(labels[, instances], real)`."
+        *labels, real = xb
+        return self.semantic(*labels), (real if self.generator.encoder is not None else None)
 
     def discriminate(self, seg:Tensor, fake:Tensor, real:Tensor)->tuple[list, list]:
         "Critic features for `[seg|fake]` and `[seg|real]`, computed as one batch and split."
@@ -130,10 +140,12 @@ class GauGAN(GANModule):
         return [[f[:n] for f in scale] for scale in feats], [[f[n:] for f in scale] for scale in feats]
 
     def forward(self, *xb):
-        "Generator mode: the generated images. Critic mode: critic features of (fake, real)."
-        *labels, real = xb
-        seg = self.semantic(*labels)
-        style = real if self.generator.encoder is not None else None
+        "Generator mode: the generated images. Critic mode: critic features of (fake, real), for fakes made now or given."
+        if not self.gen_mode and isinstance(xb[-1], dict): # a generator-mode output to judge (`PairedSteps(reuse=True)`)
+            *_, real, generated = xb
+            return self.discriminate(generated['seg'], generated['fake'], real)
+        seg, style = self.generator_inputs(*xb)
+        real = xb[-1]
         if self.gen_mode: return {**self.network('generator')(seg, style), 'seg': seg}
         with torch.no_grad(): fake = self.generator(seg, style)['fake']
         return self.discriminate(seg, fake, real)
@@ -211,6 +223,31 @@ class GauGANTrainer(GANTrainer):
         "Set without fastai's shadowing warning: `generator`, `critic`, `gen_mode` mirror the model's on purpose."
         object.__setattr__(self, name, value)
 
+# %% ../nbs/08_learner.ipynb #b53b8cdc
+class EachBatchTwice:
+    "A training `DataLoader` that yields each of its batches twice in a row (as the training loop sees it)."
+    def __init__(self, dl:DataLoader): self.dl = dl
+    def __len__(self): return 2 * len(self.dl)
+    def __iter__(self):
+        for b in self.dl: yield b; yield b
+    def __getattr__(self, name):
+        if name == 'dl': raise AttributeError(name) # not set yet (e.g. while unpickling)
+        return getattr(self.dl, name)
+
+class PairedSteps(Callback):
+    "A generator step, then a critic step, on every training batch; with `reuse`, the critic judges the generator step's images."
+    run_after = GauGANTrainer # whose `before_batch` appends the real photo to the inputs
+    def __init__(self, reuse:bool=False # judge the generator step's images (detached) instead of generating new ones
+                ): self.reuse, self.generated = reuse, None
+    def before_train(self): self.learn.dl = EachBatchTwice(self.dl)
+    def before_batch(self):
+        if not self.training: return
+        self.gan_trainer.switch(gen_mode=self.iter % 2 == 0)
+        if self.reuse and not self.gan_trainer.gen_mode: self.learn.xb, self.generated = (*self.xb, self.generated), None
+    def after_pred(self):
+        if self.reuse and self.training and self.gan_trainer.gen_mode:
+            self.generated = {'fake': self.pred['fake'].detach(), 'seg': self.pred['seg']}
+
 # %% ../nbs/08_learner.ipynb #ac3e42f9
 class TTUR(Callback):
     "Two time-scale update rule: during each batch, scale the base lr of the generator and critic parameter groups."
@@ -283,6 +320,19 @@ class GauGANLearner(Learner):
         "This learner's saved checkpoints, oldest epoch first."
         return self._saver().files()
 
+    def inference_generator(self, bn_batches:int=50 # training batches the average's batch-norm statistics come from
+                           )->ConditionalGenerator:
+        "The generator that makes images: the weight average when there is one (its batch-norm statistics renewed when stale), else the trained one."
+        average = self.model.average
+        if average is None: return self.model.generator
+        if average.bn_stale:
+            dl = self.dls.train
+            state = dl.rng.getstate()
+            try: # the same batches and style draws every time; training's order and random numbers stay as they were
+                with seeded(0, dl.device): average.recompute_batchnorm(self.model.generator_inputs(*b) for b in itertools.islice(dl, bn_batches))
+            finally: dl.rng.setstate(state)
+        return average.module
+
     def show_results(self, ds_idx:int=1, # which of `dls` to draw from (1: validation)
                      dl:DataLoader|None=None, # or this data loader
                      max_n:int=4, # rows to show
@@ -292,14 +342,8 @@ class GauGANLearner(Learner):
         *labels, real = ifnone(dl, self.dls[ds_idx]).one_batch()
         n = min(max_n, len(real))
         seg = self.model.semantic(*[l[:n] for l in labels]).to(next(self.model.parameters()).device)
-        fake = self.model.generator.synthesize(seg, seed=seed)[:, 0]
-        rows = [colorize_labels(labels[0][:n], self.dls.palette), to_uint8(fake), to_uint8(real[:n])]
-        _, axs = plt.subplots(n, 3, figsize=ifnone(figsize, (6, 2 * n)), squeeze=False)
-        for i in range(n):
-            for j, (ims, title) in enumerate(zip(rows, ['label map', 'generated', 'real'])):
-                axs[i, j].imshow(ims[i]); axs[i, j].axis('off')
-                if i == 0: axs[i, j].set_title(title)
-        plt.tight_layout()
+        fake = self.inference_generator().synthesize(seg, seed=seed)[:, 0]
+        show_samples(labels[0][:n], {'generated': fake, 'real': real[:n]}, self.dls.palette, max_n=n, figsize=figsize)
 
     def plot_losses(self, ax:plt.Axes|None=None, # axes to draw on; default a new figure
                     figsize:tuple=(5, 2.6)): # size of the new figure
@@ -336,18 +380,26 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                    lr:float=2e-4, # base learning rate (generator gets lr*ttur[0], critic lr*ttur[1])
                    ttur:tuple=(0.5, 2.), # learning-rate multipliers (generator, critic); (1, 1) turns TTUR off
                    betas:tuple=(0., 0.9), # Adam betas; beta1 stays betas[0] under every fastai schedule
-                   n_crit:int=1, # critic steps per generator step (with the default switcher)
-                   switcher:Callback|None=None, # e.g. `AdaptiveGANSwitcher(...)`, instead of `FixedGANSwitcher`
+                   steps:str='alternate', # each batch trains one network ('alternate'), or both: 'paired', 'paired_reuse' (`PairedSteps`)
+                   n_crit:int=1, # critic steps per generator step (with the default switcher; 'alternate' only)
+                   switcher:Callback|None=None, # e.g. `AdaptiveGANSwitcher(...)`, instead of `FixedGANSwitcher` ('alternate' only)
+                   ema:float|None=None, # decay of an average of the generator's weights used for inference (`WeightAverage`); `None`: none
                    precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
                    channels_last:bool|None=None, # channels-last memory format; `None`: on CUDA only
                    checkpoint:str|None='gaugan', # checkpoint name (saved each epoch), `None` for no checkpoints
                    init_type:str|None='xavier', # weight initialization of SPADE/CLADE, encoder and critic (`init_weights`)
                    init_gain:float=0.02, # its gain (the reference's `init_variance`)
+                   pretrained=None, # start from: a synthesizer file, an NVlabs/SPADE run folder, or one loaded (`gaugan_fastai.finetune`)
+                   class_map:dict|None=None, # with `pretrained`: {data class: checkpoint class} beyond same-named classes
                    cbs:list|None=None, # more callbacks
                    **kwargs # passed to `Learner` (e.g. `path`, `model_dir`)
                   )->GauGANLearner:
     "A fastai `Learner` training GauGAN (`arch='spade'`), CLADE or the pix2pix baseline on `dls`."
     if precision not in ('fp32', 'bf16', 'fp16'): raise ValueError(f"precision {precision!r} is not one of fp32, bf16, fp16")
+    if steps not in ('alternate', 'paired', 'paired_reuse'):
+        raise ValueError(f"steps {steps!r} is not one of 'alternate', 'paired', 'paired_reuse'")
+    if steps != 'alternate' and (n_crit != 1 or switcher is not None):
+        raise ValueError(f"steps={steps!r} takes one generator and one critic step per batch: n_crit and switcher are for steps='alternate'")
     for name, v in dict(ngf=ngf, ndf=ndf, z_dim=z_dim, num_D=num_D, n_layers_D=n_layers_D).items():
         if v < 1: raise ValueError(f"{name} must be at least 1, got {v}")
     if len(dls.train) == 0:
@@ -358,18 +410,27 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
     lambda_l1 = lambda_l1 if pix2pix else 0.
     vgg = (VGGLoss(lambda_vgg=lambda_vgg) if vgg is True else vgg or None) if not pix2pix else None
     h, w = dls.one_batch()[-1].shape[-2:]
-    settings = dict(arch=arch, label_nc=dls.semantic_nc, ngf=ngf, z_dim=z_dim, use_vae=use_vae, crop_size=w,
-                    aspect_ratio=w/h, num_upsampling_layers=num_upsampling_layers)
-    critic = MultiscaleDiscriminator(dls.semantic_nc + 3, ndf=ndf, n_layers=n_layers_D, num_D=num_D, init_type=init_type,
-                                     init_gain=init_gain)
-    model = GauGAN(conditional_generator(**settings, init_type=init_type, init_gain=init_gain), critic, dls.c)
+    if pretrained is None:
+        if class_map is not None: raise ValueError("class_map maps the data's classes to a pretrained model's: pass `pretrained` too")
+        settings = dict(arch=arch, label_nc=dls.semantic_nc, ngf=ngf, z_dim=z_dim, use_vae=use_vae, crop_size=w,
+                        aspect_ratio=w/h, num_upsampling_layers=num_upsampling_layers)
+        generator, critic, dontcare_channel = conditional_generator(**settings, init_type=init_type, init_gain=init_gain), None, None
+    else:
+        from .finetune import start_from  # `finetune` builds on this module, so it is imported when used
+        generator, critic, settings, dontcare_channel = start_from(pretrained, dls.codes, dls.n_inp == 2, (h, w), class_map,
+                                                                   init_type, init_gain)
+        use_vae = generator.encoder is not None
+    critic = ifnone(critic, MultiscaleDiscriminator(settings['label_nc'] + 3, ndf=ndf, n_layers=n_layers_D, num_D=num_D,
+                                                    init_type=init_type, init_gain=init_gain))
+    model = GauGAN(generator, critic, dls.c, dontcare_channel, None if ema is None else WeightAverage(generator, ema))
     loss = GauGANLoss(model, lambda_fm, lambda_kl, lambda_l1, vgg)
     run_settings = dict(settings, ndf=ndf, num_D=num_D, n_layers_D=n_layers_D, precision=precision, lambda_fm=lambda_fm,
                         lambda_kl=lambda_kl, lambda_l1=lambda_l1, lambda_vgg=getattr(vgg, 'lambda_vgg', None if vgg is None else 1.),
                         ttur=ttur, betas=betas, switcher=type(switcher).__name__ if switcher else f'FixedGANSwitcher(n_crit={n_crit})',
-                        init_type=init_type, init_gain=init_gain)  # what a checkpoint's fingerprint records of the model
+                        init_type=init_type, init_gain=init_gain, steps=steps, ema=ema)  # what a checkpoint's fingerprint records of the model
     on_cuda = dls.device is not None and torch.device(dls.device).type == 'cuda'
-    cbs = [GauGANTrainer(), ifnone(switcher, FixedGANSwitcher(n_crit=n_crit, n_gen=1)), TTUR(ttur), StopOnNonFinite()]\
+    turns = ifnone(switcher, FixedGANSwitcher(n_crit=n_crit, n_gen=1)) if steps == 'alternate' else PairedSteps(reuse=steps == 'paired_reuse')
+    cbs = [GauGANTrainer(), turns, TTUR(ttur), StopOnNonFinite()] + ([GeneratorEMA()] if ema is not None else [])\
           + ([SaveCheckpointCallback(checkpoint, run_settings)] if checkpoint else [])\
           + ([ChannelsLast()] if ifnone(channels_last, on_cuda) else []) + L(cbs)
     learn = GauGANLearner(dls, model, loss_func=loss, opt_func=partial(OptimWrapper, opt=torch.optim.Adam, betas=betas),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import socket, json, itertools
 from pathlib import Path
 from functools import partial
+import numpy as np
+import matplotlib.pyplot as plt
 import torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.models.inception import Inception3, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, BasicConv2d
 from fastcore.basics import store_attr, ifnone
@@ -24,18 +26,20 @@ from fastai.callback.schedule import *
 from fastai.callback.fp16 import *
 from fastai.callback.channelslast import *
 from .core import get_device, autocast_dtype, plain, to_pixels
-from .data import IGNORE_INDEX, semantic_input
+from .data import IGNORE_INDEX, semantic_input, show_samples
 from .formats import DATA_FORMATS, detect_format, data_loaders
 from .inference import load_synthesizer
 from .checkpoints import writable_file
+from .scene import tile_starts, tile_edges
+
 
 # %% auto #0
 __all__ = ['FID_WEIGHTS', 'SCORE_NAMES', 'confusion_matrix', 'segmentation_scores', 'SegmenterUNet', 'PhotoToLabel',
            'train_segmenter', 'save_segmenter', 'load_segmenter', 'segment', 'frechet_distance', 'kernel_distance',
            'inception_network', 'InceptionFeatures', 'load_inception', 'mean_pairwise_distance', 'l1_distance',
-           'l2_distance', 'class_color_stats', 'class_color_fidelity', 'score_generator', 'generator_fn',
-           'get_segmenter', 'get_inception', 'evaluate', 'validation_fidelity', 'SynthesisScores', 'evaluate_model',
-           'format_scores']
+           'l2_distance', 'color_spread', 'class_color_stats', 'class_color_fidelity', 'seam_ratio', 'scene_seam_ratio',
+           'score_generator', 'generator_fn', 'get_segmenter', 'get_inception', 'evaluate', 'validation_fidelity',
+           'SynthesisScores', 'evaluate_model', 'format_scores']
 
 # %% ../nbs/14_metrics.ipynb #6659f309
 def confusion_matrix(pred:torch.Tensor, # predicted class ids, int [N,H,W]
@@ -275,6 +279,13 @@ def l2_distance(a, b):
     "Euclidean distance of each pair `a[i]`, `b[i]`: `[N]`."
     return (a - b).flatten(1).norm(dim=1)
 
+# %% ../nbs/14_metrics.ipynb #95a24d52
+def color_spread(mean_colors:torch.Tensor # each image's mean colour `[N,3]`, e.g. `to_pixels(images).mean((2, 3))`
+                )->float:
+    "How much images differ in overall colour: the standard deviation of their mean colours across images, averaged over R, G, B."
+    if len(mean_colors) < 2: raise ValueError(f"color_spread needs at least 2 images, got {len(mean_colors)}")
+    return mean_colors.float().std(0).mean().item()
+
 # %% ../nbs/14_metrics.ipynb #7524d010
 def class_color_stats(labels:torch.Tensor, # class ids `[bs,H,W]`
                       images:torch.Tensor, # photos `[bs,3,H,W]`, in [-1,1]
@@ -310,6 +321,40 @@ def class_color_fidelity(fake:torch.Tensor, # generated images [N,3,H,W] (any co
     return {'score': sum(passed.values()) / len(passed), 'passed': passed,
             'absent': [codes[c] for c in range(len(codes)) if c not in present]}
 
+# %% ../nbs/14_metrics.ipynb #9b47a854
+def seam_ratio(image, # RGB [H, W, 3] (array or tensor)
+               labels, # class ids [H, W]; only neighbours of the same class are compared
+               edges_y:list, # rows p where tiles begin or end (`tile_edges`): the pairs (p-1, p) straddle an edge
+               edges_x:list # columns likewise
+              )->float:
+    "Mean absolute difference of same-class neighbours across tile edges, relative to the same elsewhere (1: seamless)."
+    im, lab = torch.as_tensor(np.asarray(image)).float(), torch.as_tensor(np.asarray(labels)).long()
+    across, inside = [], []
+    for dim, edges in ((0, edges_y), (1, edges_x)):
+        n = im.shape[dim]
+        diff = (im.narrow(dim, 1, n - 1) - im.narrow(dim, 0, n - 1)).abs().mean(-1)
+        a, b = lab.narrow(dim, 1, n - 1), lab.narrow(dim, 0, n - 1)
+        same = (a == b) & (a != IGNORE_INDEX)
+        at = torch.zeros(n - 1, dtype=torch.bool)
+        at[[p - 1 for p in edges]] = True
+        at = at[:, None] if dim == 0 else at[None]
+        across.append(diff[same & at]); inside.append(diff[same & ~at])
+    across, inside = torch.cat(across), torch.cat(inside)
+    if len(across) == 0: raise ValueError("no same-class neighbours straddle a tile edge: nothing to measure")
+    return float(across.mean() / inside.mean())
+
+def scene_seam_ratio(image, # the generated scene, RGB [H, W, 3]
+                     labels, # its class ids [H, W]
+                     tile:int, # tile side (square tiles)
+                     overlap:int # the overlap it was generated with (0: a plain grid)
+                    )->float:
+    "`seam_ratio` at the scene's tile edges, and at the middles of its overlaps when it has some: the larger."
+    ys, xs = (tile_starts(n, tile, overlap) for n in labels.shape)
+    edges = [tile_edges(s, tile, n) for s, n in zip((ys, xs), labels.shape)]
+    if overlap == 0: return seam_ratio(image, labels, *edges)
+    mids = [sorted({(a + b + tile) // 2 for a, b in zip(s, s[1:])}) for s in (ys, xs)]
+    return max(seam_ratio(image, labels, *edges), seam_ratio(image, labels, *mids))
+
 # %% ../nbs/14_metrics.ipynb #d55e509f
 @torch.no_grad()
 def score_generator(generate, # `generate(labels, [instances,] seed=s)` -> images [N,3,H,W] in [-1,1]
@@ -320,11 +365,11 @@ def score_generator(generate, # `generate(labels, [instances,] seed=s)` -> image
                     diversity_batches:int=1, # batches used for diversity
                     seed:int=0 # seed of the first batch
                    )->dict:
-    "Segmentation scores (generated and real), Fréchet distances, KID and diversity of `generate` on `batches`."
+    "Segmentation scores (generated and real), Fréchet distances, KID, diversity and colour variety of `generate` on `batches`."
     n_classes = segmenter.n_classes
     cm_fake, cm_real = torch.zeros(n_classes, n_classes, dtype=torch.long), torch.zeros(n_classes, n_classes, dtype=torch.long)
     feats = {k: [] for k in ('seg_fake', 'seg_real', 'inc_fake', 'inc_real')}
-    div_l1, div_l2 = [], []
+    div_l1, div_l2, colors = [], [], {'fake': [], 'real': []}
     seg_device = next(segmenter.parameters()).device
     seg_features = lambda x: segmenter.features(plain(x).to(seg_device)).cpu()
     for i, batch in enumerate(batches):
@@ -335,6 +380,7 @@ def score_generator(generate, # `generate(labels, [instances,] seed=s)` -> image
         cm_fake += confusion_matrix(segment(segmenter, fake).cpu(), labels, n_classes)
         cm_real += confusion_matrix(segment(segmenter, real).cpu(), labels, n_classes)
         feats['seg_fake'].append(seg_features(fake)); feats['seg_real'].append(seg_features(real))
+        for k, images in (('fake', fake), ('real', real)): colors[k].append(to_pixels(images).mean((2, 3)).cpu())
         if inception is not None: feats['inc_fake'].append(inception(fake).cpu()); feats['inc_real'].append(inception(real).cpu())
         if i < diversity_batches and n_diversity > 1:
             samples = [fake] + [plain(generate(*inputs, seed=seed + i + 1_000_003*k)) for k in range(1, n_diversity)]
@@ -350,6 +396,7 @@ def score_generator(generate, # `generate(labels, [instances,] seed=s)` -> image
                fid=None, kid=None, inception_variant=None,
                diversity_l1=sum(div_l1)/len(div_l1) if div_l1 else None,
                diversity_segmenter_l2=sum(div_l2)/len(div_l2) if div_l2 else None,
+               color_spread=color_spread(torch.cat(colors['fake'])), real_color_spread=color_spread(torch.cat(colors['real'])),
                class_iou=fake_scores['class_iou'], real_class_iou=real_scores['class_iou'])
     if inception is not None:
         res.update(fid=frechet_distance(feats['inc_fake'], feats['inc_real']),
@@ -475,6 +522,7 @@ def evaluate_model(model_path:str|Path, # a model file written by `learn.export_
                    split:str='valid', # 'valid' or 'train'
                    segmenter:str|Path|SegmenterUNet|None=None, # segmenter file (trained there if missing), see `get_segmenter`
                    out:str|Path|None=None, # JSON file to write the results to
+                   grid:str|Path|None=None, # picture file for label map | generated | real of the first scored batch
                    inception='auto', # see `get_inception`
                    n_diversity:int=3, # samples per label map for diversity
                    max_batches:int|None=None, # score only this many batches
@@ -496,6 +544,13 @@ def evaluate_model(model_path:str|Path, # a model file written by `learn.export_
     res = evaluate(synth, dls, segmenter, split, inception, n_diversity, max_batches, style_seed)
     res = dict(model=str(model_path), data=str(data_path), format=format, split=split, codes=list(synth.codes),
                segmenter=None if isinstance(segmenter, nn.Module) else segmenter and str(segmenter), **res)
+    if grid is not None:
+        *inputs, real = _loader(dls, split).one_batch() # the first batch scored, with its style seed
+        fig = show_samples(inputs[0], {'generated': generator_fn(synth)(*inputs, seed=style_seed), 'real': real},
+                           synth.palette, max_n=len(real))
+        Path(grid).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(grid, dpi=72); plt.close(fig)
+        res['grid'] = str(grid)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(_json_ready(res), indent=1))
@@ -506,7 +561,9 @@ SCORE_NAMES = {'miou': 'mIoU (generated)', 'real_miou': 'mIoU (real photos: ceil
                'pixel_accuracy': 'pixel accuracy (generated)', 'real_pixel_accuracy': 'pixel accuracy (real photos: ceiling)',
                'segmenter_frechet_distance': 'segmenter Fréchet distance', 'fid': 'FID', 'kid': 'KID',
                'diversity_l1': 'diversity: mean pairwise L1 (pixels)',
-               'diversity_segmenter_l2': 'diversity: mean pairwise L2 (segmenter features)', 'n_images': 'images'}
+               'diversity_segmenter_l2': 'diversity: mean pairwise L2 (segmenter features)',
+               'color_spread': 'colour variety: spread of mean colours (generated)',
+               'real_color_spread': 'colour variety: spread of mean colours (real)', 'n_images': 'images'}
 
 def format_scores(res:dict # results of `score_generator`, `evaluate` or `evaluate_model`
                  )->str:

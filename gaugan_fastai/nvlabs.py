@@ -8,24 +8,24 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/nvlabs.html.md"""
 
 # %% ../nbs/09c_nvlabs.ipynb #3f1958f0
 from __future__ import annotations
-import json, re
-from importlib import resources
+import re
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import store_attr, basic_repr, first
 from .core import *
 from .data import IGNORE_INDEX, LabelReader, default_palette, semantic_input
+from .formats import dataset_classes
 from .generator import latent_size
 from .discriminator import MultiscaleDiscriminator
 from .learner import ConditionalGenerator, conditional_generator
-from .inference import GauGANSynthesizer
+from .inference import GauGANSynthesizer, load_synthesizer
 
 # %% auto #0
-__all__ = ['NVLABS_DEFAULTS', 'NVLABS_PRESETS', 'NVLABS_CLASS_LISTS', 'semantic_nc', 'read_opt_txt', 'write_opt_txt', 'ClassList',
-           'dataset_classes', 'nvlabs_classes', 'generator_options_from_weights', 'critic_options_from_weights',
+__all__ = ['NVLABS_DEFAULTS', 'NVLABS_PRESETS', 'NVLABS_CLASS_LISTS', 'semantic_nc', 'read_opt_txt', 'write_opt_txt',
+           'nvlabs_classes', 'generator_options_from_weights', 'critic_options_from_weights',
            'critic_state_from_nvlabs', 'critic_state_to_nvlabs', 'generator_settings', 'critic_settings', 'NVLabsRun',
-           'load_nvlabs_run', 'load_nvlabs']
+           'load_nvlabs_run', 'load_nvlabs', 'is_nvlabs_run', 'load_model', 'random_nvlabs_run']
 
 # %% ../nbs/09c_nvlabs.ipynb #deeabf9a
 NVLABS_DEFAULTS = dict(
@@ -100,31 +100,6 @@ def write_opt_txt(fn:str|Path, # file to write
 
 # %% ../nbs/09c_nvlabs.ipynb #84a1a082
 NVLABS_CLASS_LISTS = {'coco': 'coco_stuff', 'ade20k': 'ade20k', 'cityscapes': 'cityscapes'}
-
-class ClassList:
-    "Names and colours of a data set's classes; the index of a class is its id in the data set's label files."
-    def __init__(self, name:str, # file name in `gaugan_fastai/classes`, e.g. 'coco_stuff'
-                 dataset:str, # the data set, in words
-                 names:list, # class names, by id
-                 palette:np.ndarray, # uint8 [c, 3] colours, by id
-                 label_nc:int, # the reference's `label_nc` for this data set
-                 dontcare_value:int|None, # value of unlabeled pixels in the files (`IGNORE_INDEX`), if any
-                 names_from:str, # where the names come from
-                 colors_from:str # where the colours come from
-                ): store_attr()
-    __repr__ = basic_repr('name,dataset,label_nc')
-
-def dataset_classes(name:str # 'coco_stuff', 'ade20k' or 'cityscapes'
-                   )->ClassList:
-    "The class list of a data set, shipped with the library (`gaugan_fastai/classes/<name>.json`)."
-    fn = resources.files('gaugan_fastai')/'classes'/f'{name}.json'
-    if not fn.is_file():
-        raise ValueError(f"No class list {name!r}: the library ships {', '.join(sorted(NVLABS_CLASS_LISTS.values()))}")
-    d = json.loads(fn.read_text())
-    if [c['id'] for c in d['classes']] != list(range(len(d['classes']))): raise ValueError(f"{fn}: ids must run 0, 1, 2, ...")
-    return ClassList(name, d['dataset'], [c['name'] for c in d['classes']],
-                     np.array([c['color'] for c in d['classes']], np.uint8), d['label_nc'], d['dontcare_value'],
-                     d['names_from'], d['colors_from'])
 
 def nvlabs_classes(opt:dict # reference options
                   )->tuple[list, np.ndarray]:
@@ -410,3 +385,34 @@ def load_nvlabs(path:str|Path, # a run folder of the reference (`checkpoints/<na
                )->GauGANSynthesizer:
     "A `GauGANSynthesizer` generating exactly as the reference's generator of the run at `path`."
     return load_nvlabs_run(path, dataset, critic=False, **overrides).synthesizer(device)
+
+def is_nvlabs_run(path:str|Path # a path given as a model
+                 )->bool:
+    "Whether `path` names a run of NVlabs/SPADE (a folder, or a `*_net_G.pth` file) rather than one of our model files."
+    path = Path(path)
+    return path.is_dir() or path.name.endswith('_net_G.pth')
+
+def load_model(path:str|Path, # our model file (`GauGANSynthesizer.save`), or an NVlabs/SPADE run folder or `*_net_G.pth`
+               dataset:str|None=None, # for a run without opt.txt: 'coco', 'ade20k', 'cityscapes', 'facades' or 'custom'
+               device:str|torch.device|None=None # where to compute (`None`: the best available)
+              )->GauGANSynthesizer:
+    "A `GauGANSynthesizer` from either kind of model: what the commands take as their model."
+    if is_nvlabs_run(path): return load_nvlabs(path, dataset, device)
+    if dataset is not None: raise ValueError(f"{path}: dataset={dataset!r} applies to NVlabs/SPADE runs; a gaugan_fastai model file names its classes itself")
+    return load_synthesizer(path, device)
+
+def random_nvlabs_run(folder:str|Path, # run folder to write
+                      dataset:str='coco', # the data-set preset: 'coco', 'ade20k', 'cityscapes', 'facades' or 'custom'
+                      seed:int=0, # seed of the initialization
+                      critic:bool=True, # write a discriminator too
+                      **options # reference options that differ from the preset, e.g. `ngf=4, crop_size=64`
+                     )->Path:
+    "Write an untrained run in the reference's layout (networks as the reference initializes them): a stand-in for examples and tests."
+    if dataset not in NVLABS_PRESETS: raise ValueError(f"dataset {dataset!r} is not one of {', '.join(map(repr, NVLABS_PRESETS))}")
+    if unknown := [k for k in options if k not in NVLABS_DEFAULTS]:
+        raise ValueError(f"{', '.join(unknown)}: not an option gaugan_fastai reads (those are: {', '.join(NVLABS_DEFAULTS)})")
+    opt = {**NVLABS_DEFAULTS, **NVLABS_PRESETS[dataset], **options}
+    with seeded(seed):
+        generator = conditional_generator(**generator_settings(opt)).eval()
+        disc = MultiscaleDiscriminator(**critic_settings(opt)).eval() if critic else None
+    return NVLabsRun(opt, generator, disc).save(folder)

@@ -9,13 +9,11 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/paint.html.md"""
 from __future__ import annotations
 import base64, importlib.resources, io, json, math, socket, sys, tempfile, threading, time, traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from copy import deepcopy
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit, parse_qs, unquote
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from torch.nn.utils.spectral_norm import SpectralNorm
 from PIL import Image, PngImagePlugin
 import rasterio
 from rasterio.crs import CRS
@@ -27,13 +25,14 @@ from .core import *
 from .data import (IGNORE_INDEX, GEOTIFF_SUFFIXES, IMAGE_SUFFIXES, LabelReader, ImageReader, read_raster,
                                 raster_size, read_georef)
 from .inference import GauGANSynthesizer, load_synthesizer
+from .fast import fast_synthesizer
 from .cli import user_errors
 
 # %% auto #0
 __all__ = ['ID_TAG', 'MAX_PIXELS', 'LABEL_SUFFIXES', 'PAGE_FILES', 'CONTENT_POLICY', 'PAGE_DIR', 'check_ids', 'ids_from_bytes',
            'labels_png', 'file_georef', 'parse_georef', 'labels_geotiff', 'check_pixels', 'resize_labels',
-           'read_label_file', 'example_files', 'random_label_map', 'inference_copy', 'compare_precisions', 'Painter',
-           'RequestError', 'PaintHandler', 'PaintServer', 'paint', 'gaugan_paint']
+           'read_label_file', 'example_files', 'random_label_map', 'compare_precisions', 'Painter', 'RequestError',
+           'PaintHandler', 'PaintServer', 'paint', 'gaugan_paint']
 
 # %% ../nbs/17_paint.ipynb #5d86e3ae
 def check_ids(ids:np.ndarray, # class ids uint8 [H,W]
@@ -189,35 +188,26 @@ def random_label_map(n_classes:int, # the model's number of classes
     return classes[noise.argmax(0)]
 
 # %% ../nbs/17_paint.ipynb #01ac11d4
-def inference_copy(synth:GauGANSynthesizer # a model (left as it is)
-                  )->GauGANSynthesizer:
-    "A copy of `synth` that makes the same images faster: spectral norms folded into the weights, channels-last memory."
-    generator = deepcopy(synth.generator).eval()
-    for m in generator.modules():
-        if any(isinstance(h, SpectralNorm) for h in m._forward_pre_hooks.values()): nn.utils.remove_spectral_norm(m)
-    generator.to(memory_format=torch.channels_last)
-    return GauGANSynthesizer(generator, synth.codes, synth.palette, synth.settings, synth.device, synth.label_reader)
+def _generate(synth, ids, **kwargs)->np.ndarray:
+    with torch.inference_mode(): return to_uint8(synth.generate(ids, **kwargs)[0] * 2 - 1)
 
-def _generate(synth, ids, bf16:bool, **kwargs)->np.ndarray:
-    with torch.inference_mode(), torch.autocast(synth.device.type, torch.bfloat16, enabled=bf16):
-        return to_uint8(synth.generate(ids, **kwargs)[0] * 2 - 1)
-
-def compare_precisions(synth:GauGANSynthesizer, # the model (e.g. an `inference_copy`)
+def compare_precisions(synth:GauGANSynthesizer, # the model
                        ids:np.ndarray, # a label map to try
                        max_diff:int=8, # the largest difference of a pixel (0..255) that keeps the picture
                        reps:int=3 # timed runs of each (after one untimed)
                       )->dict:
-    "Median ms of fp32 and bf16 generation of `ids`, how far apart their images are, and whether to use bf16."
+    "Median ms of `fast_synthesizer` copies of `synth` in fp32 and bf16 generating `ids`, how far apart their images are, and whether to use bf16."
     images, ms = {}, {}
-    for bf16 in (False, True):
-        images[bf16] = _generate(synth, ids, bf16, seed=0)
+    for precision in ('fp32', 'bf16'):
+        fast = fast_synthesizer(synth, precision)
+        images[precision] = _generate(fast, ids, seed=0)
         times = []
         for _ in range(reps):
-            t0 = time.perf_counter(); _generate(synth, ids, bf16, seed=0); times.append(time.perf_counter() - t0)
-        ms[bf16] = 1000 * float(np.median(times))
-    diff = np.abs(images[True].astype(int) - images[False])
-    return {'fp32_ms': round(ms[False], 1), 'bf16_ms': round(ms[True], 1), 'max_diff': int(diff.max()),
-            'mean_diff': round(float(diff.mean()), 3), 'bf16': bool(diff.max() <= max_diff and ms[True] < 0.9 * ms[False])}
+            t0 = time.perf_counter(); _generate(fast, ids, seed=0); times.append(time.perf_counter() - t0)
+        ms[precision] = 1000 * float(np.median(times))
+    diff = np.abs(images['bf16'].astype(int) - images['fp32'])
+    return {'fp32_ms': round(ms['fp32'], 1), 'bf16_ms': round(ms['bf16'], 1), 'max_diff': int(diff.max()),
+            'mean_diff': round(float(diff.mean()), 3), 'bf16': bool(diff.max() <= max_diff and ms['bf16'] < 0.9 * ms['fp32'])}
 
 # %% ../nbs/17_paint.ipynb #702df704
 class Painter:
@@ -230,12 +220,13 @@ class Painter:
                 ):
         if precision not in ('auto', 'fp32', 'bf16'): raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
         self.examples = None if examples is None else example_files(examples)
-        self.synth, self.name, self.max_upload_bytes = inference_copy(synth), name, int(max_upload_mb * 2**20)
+        self.name, self.max_upload_bytes = name, int(max_upload_mb * 2**20)
         self.n_classes = len(synth.codes)
         self._model_lock, self._newest_lock, self._newest = threading.Lock(), threading.Lock(), {}
         test_map = random_label_map(self.n_classes, synth.size, 0)
-        self.precision_check = compare_precisions(self.synth, test_map) if precision == 'auto' else None
+        self.precision_check = compare_precisions(synth, test_map) if precision == 'auto' else None
         self.bf16 = self.precision_check['bf16'] if precision == 'auto' else precision == 'bf16'
+        self.synth = fast_synthesizer(synth, 'bf16' if self.bf16 else 'fp32')
         self.generate(test_map)  # the first call in a thread is a slow one: not the first stroke's
 
     @property
@@ -265,7 +256,7 @@ class Painter:
                  style:np.ndarray|None=None # a style photo uint8 [H,W,3] (models with a style encoder)
                 )->np.ndarray: # uint8 [n,H,W,3]
         "The model's `n` images for label map `ids`."
-        return _generate(self.synth, check_ids(ids, self.n_classes), self.bf16, style=style, n=n, seed=seed)
+        return _generate(self.synth, check_ids(ids, self.n_classes), style=style, n=n, seed=seed)
 
     def generate_latest(self, client:str, # the page asking
                         seq:int, # its request number: higher is newer

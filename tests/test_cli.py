@@ -87,15 +87,19 @@ def test_generate_with_style_and_seed_is_reproducible(work):
     a, b, c = (rasterio.open(f).read() for f in files)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
-def test_bench_prints_one_json_line(tmp_path):
+def test_bench_prints_plain_fast_and_ratios(tmp_path):
     p = run('gaugan-bench', '--size', '32', '--bs', '2', '--ngf', '8', '--no-vgg', '--no-vae', '--iters', '1', '--warmup', '1',
             '--device', 'cpu', cwd=tmp_path)
     lines = p.stdout.strip().splitlines()
-    assert len(lines) == 1, p.stdout
-    res = json.loads(lines[0])
-    assert res['size'] == 32 and res['bs'] == 2 and res['device'] == 'cpu'
-    assert res['timed_steps'] == {'generator': 1, 'critic': 1}, res
-    assert abs(res['train_images_per_s'] * res['train_s_per_iter'] - 2) < 0.02, res  # bs images per iteration
+    assert len(lines) == 3, p.stdout
+    plain, fast, ratios = map(json.loads, lines)
+    assert (plain['path'], fast['path']) == ('plain', 'fast') and plain['precision'] == 'fp32' and fast['fast_generation']
+    for res in (plain, fast):
+        assert res['size'] == 32 and res['bs'] == 2 and res['device'] == 'cpu'
+        assert res['timed_steps'] == {'generator': 1, 'critic': 1}, res
+        assert abs(res['train_images_per_s'] * res['train_s_per_iter'] - 2) < 0.02, res  # bs images per iteration
+    assert abs(ratios['train_speedup'] - fast['train_images_per_s'] / plain['train_images_per_s']) < 0.01, ratios
+    assert abs(ratios['generate_speedup'] - plain['generate_latency_ms'] / fast['generate_latency_ms']) < 0.01, ratios
 
 def test_evaluate_writes_json(work, segmenter):
     p = run('gaugan-evaluate', 'model.pth', 'data', '--out', 'scores.json', '--segmenter', 'seg.pth', '--bs', '4',
@@ -137,3 +141,51 @@ def test_bad_input_in_process(work, tmp_path):
         gaugan_generate(work/'model.pth', [label], style=tmp_path/'none.tif', out=tmp_path/'g', device='cpu')
     (tmp_path/'cmp').mkdir(); (tmp_path/'cmp'/'cmp_b0001.jpg').touch()
     with pytest.raises(CliError, match='codes does not apply to cmp_facades data'): gaugan_train(tmp_path/'cmp', codes=['a'])
+
+# NVIDIA's SPADE runs as models: the reference's own fixture runs when shared/ has them, else a run written here.
+
+def _fixture_runs():
+    "Folders of the reference's fixture runs (shared/fixtures/nvlabs-spade), or [] when absent."
+    found = next((d/'shared'/'fixtures'/'nvlabs-spade' for d in Path(__file__).resolve().parents
+                  if (d/'shared'/'fixtures'/'nvlabs-spade').is_dir()), None)
+    return [] if found is None else [found/n for n in ('coco_like', 'cityscapes_like')]  # dontcare, instances, aspect 2
+
+@pytest.fixture(scope='module')
+def nvlabs_runs(tmp_path_factory):
+    "[(run folder, label file)]: each run with a label file of its classes (values as in the data set's files)."
+    from gaugan_fastai.nvlabs import load_nvlabs_run, random_nvlabs_run
+    d = tmp_path_factory.mktemp('nvlabs')
+    runs = _fixture_runs()
+    if not runs:
+        print("Reference fixtures (shared/fixtures/nvlabs-spade) not found: using a run written by random_nvlabs_run")
+        runs = [random_nvlabs_run(d/'coco_written', 'coco', label_nc=6, crop_size=64, ngf=4, ndf=8)]
+    res = []
+    for folder in runs:
+        run = load_nvlabs_run(folder, critic=False)
+        h, w = run.synthesizer('cpu').size
+        labels = np.random.default_rng(0).integers(0, len(run.codes), (h, w)).astype(np.uint8)
+        if run.dontcare_channel is not None: labels[:, :8] = 255  # unlabeled, as in COCO-Stuff's files
+        Image.fromarray(labels).save(d/f'{folder.name}.png')
+        res.append((folder, d/f'{folder.name}.png'))
+    return res
+
+def test_generate_from_nvlabs_runs_and_converted(nvlabs_runs, tmp_path):
+    "gaugan-generate on a run folder writes images; gaugan-convert's file makes the same ones."
+    for folder, label in nvlabs_runs:
+        p = run('gaugan-generate', folder, label, '--n', '2', '--seed', '0', '--device', 'cpu', '--out', 'from_run', cwd=tmp_path)
+        assert '2 images written' in p.stdout, p.stdout
+        images = [np.array(Image.open(tmp_path/'from_run'/f'{label.stem}_{k}.png')) for k in range(2)]
+        assert images[0].shape[:2] == np.array(Image.open(label)).shape and images[0].shape[2] == 3
+        p = run('gaugan-convert', folder, '--out', f'{folder.name}.pth', cwd=tmp_path)
+        assert f'written to {folder.name}.pth' in p.stdout, p.stdout
+        run('gaugan-generate', f'{folder.name}.pth', label, '--n', '2', '--seed', '0', '--device', 'cpu', '--out', 'converted', cwd=tmp_path)
+        for k in range(2):
+            assert np.array_equal(np.array(Image.open(tmp_path/'converted'/f'{label.stem}_{k}.png')), images[k])
+
+def test_nvlabs_run_without_options_needs_dataset(nvlabs_runs, tmp_path):
+    "A release folder with only weights: a one-line error naming what to pass."
+    folder, label = nvlabs_runs[0]
+    (tmp_path/'release').mkdir()
+    (tmp_path/'release'/'latest_net_G.pth').write_bytes((folder/'latest_net_G.pth').read_bytes())
+    p = run('gaugan-generate', 'release', label, '--device', 'cpu', cwd=tmp_path, ok=False)
+    _clear_error(p, 'gaugan-generate: error:', 'no opt.txt', 'pass dataset=')

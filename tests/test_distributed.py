@@ -7,8 +7,10 @@ resuming from its checkpoint for the second epoch; one process on the same batch
 both epochs. In float64 the two runs must agree to rounding: in float32, Adam's first steps (beta1 = 0: each weight
 moves by about +-lr whatever the size of its gradient) turn rounding differences in tiny gradient components into
 lr-sized ones, and after 8 steps images differed by 5e-4 and single weights by 0.018 (nbs/08c_distributed.ipynb
-measures it). Two more launches run `gaugan-train` itself under `torchrun` and `accelerate launch`, and one trains
-from a function through Accelerate's `notebook_launcher`, as a notebook would. About a minute on two free cores."""
+measures it). Two more launches run `gaugan-train` itself: two epochs under `torchrun`, then epoch 1 again, resumed
+under `accelerate launch` from epoch 0's checkpoint, which must end bit for bit where the uninterrupted run did (each
+process restores its own random states); one more trains from a function through Accelerate's `notebook_launcher`,
+as a notebook would. About a minute on two free cores."""
 import json, os, socket, subprocess, sys
 from pathlib import Path
 import pytest
@@ -107,15 +109,26 @@ def free_port()->int:
 TINY = ['--size', 32, '--bs', 2, '--ngf', 4, '--ndf', 8, '--no-vgg', '--workers', 0, '--device', 'cpu']
 
 def test_gaugan_train_under_torchrun_then_resumed_under_accelerate(land):
-    p = launch(*TWO, '--no-python', 'gaugan-train', 'data', '--epochs', 1, '--out', 'model.pth', *TINY, cwd=land)
+    "Two epochs under torchrun; epoch 1's checkpoint removed (a kill during epoch 1); resumed under accelerate launch."
+    p = launch(*TWO, '--no-python', 'gaugan-train', 'data', '--epochs', 2, '--out', 'model.pth', *TINY, cwd=land)
     first = p.stdout.splitlines()[0]
     assert first.startswith('Training spade on 10 samples') and 'batch 2 per process x 2 processes = 4' in first, p.stdout
     assert p.stdout.count('Training spade') == 1 and p.stdout.count('Model written to model.pth') == 1 # printed once
-    assert sorted(f.name for f in (land/'checkpoints').glob('*.pth')) == ['gaugan_0.pth']
+    ckpts = land/'checkpoints'
+    assert sorted(f.name for f in ckpts.glob('*.pth')) == ['gaugan_0.pth', 'gaugan_1.pth']
+    os.replace(ckpts/'gaugan_1.pth', land/'uninterrupted_1.pth')
     p = launch(BIN/'accelerate', 'launch', '--multi_gpu', '--num_processes', 2, '--main_process_port', free_port(),
                BIN/'gaugan-train', 'data', '--epochs', 2, '--resume', '--out', 'resumed.pth', *TINY, cwd=land)
     assert 'batch 2 per process x 2 processes = 4' in p.stdout and 'epochs 2..2' in p.stdout, p.stdout
-    assert sorted(f.name for f in (land/'checkpoints').glob('*.pth')) == ['gaugan_0.pth', 'gaugan_1.pth']
+    assert sorted(f.name for f in ckpts.glob('*.pth')) == ['gaugan_0.pth', 'gaugan_1.pth']
+    from gaugan_fastai.checkpoints import load_checkpoint
+    full, resumed = load_checkpoint(land/'uninterrupted_1.pth'), load_checkpoint(ckpts/'gaugan_1.pth')
+    # one set of random states per process, and they differ (each process its own crops, flips and noise)
+    assert len(full['rng']) == 2 and not torch.equal(full['rng'][0]['torch'], full['rng'][1]['torch'])
+    # each process restored its own states, so the resumed epoch is the uninterrupted one, bit for bit (measured: 0.0;
+    # restoring rank 0's states on both processes made weights differ by 0.14)
+    for k, v in full['model'].items(): assert torch.equal(v, resumed['model'][k]), k
+    for r in range(2): assert torch.equal(full['rng'][r]['torch'], resumed['rng'][r]['torch'])
     from gaugan_fastai.inference import load_synthesizer
     assert load_synthesizer(land/'resumed.pth', 'cpu').size == (32, 32)
 
