@@ -3,6 +3,7 @@
 Modules:
 
 - `gaugan_fastai.bench`: What a training run costs on this machine: training images per second, peak memory, and the latency of generating one image, for any GauGAN configuration, on synthetic batches already on the device.
+- `gaugan_fastai.checkpoints`: Training runs that survive being killed: checkpoint files written all or nothing, one run per folder (a lock), a fingerprint of the run in every checkpoint, and a resume that takes the newest good checkpoint and continues the same schedule, with the same batches.
 - `gaugan_fastai.cli`: `gaugan-train`, `gaugan-generate`, `gaugan-demo`, `gaugan-bench` and `gaugan-evaluate`: the library's main jobs from a shell, with progress bars, and one-line errors for bad input.
 - `gaugan_fastai.core`: Small helpers every other notebook uses: choosing the device, the precision to compute in, reproducible random numbers, plain tensors out of fastai's typed ones, images as 8-bit pixels, threads when notebooks run side by side, and finding the optional real data sets and fixtures.
 - `gaugan_fastai.data`: Label map -> photo pairs as fastai `DataLoaders`: reading label maps, instance maps and photos (Pillow formats and GeoTIFF), checking and pairing files, augmentation that keeps the pair aligned, the one-hot network input, display and GeoTIFF output. The data sets' own layouts are in `gaugan_fastai.formats`.

@@ -18,6 +18,7 @@ from gaugan_fastai.encoder import *
 from gaugan_fastai.discriminator import *
 from gaugan_fastai.losses import *
 from gaugan_fastai.pix2pix import *
+from gaugan_fastai.checkpoints import *
 from gaugan_fastai.learner import *
 from gaugan_fastai.inference import *
 from gaugan_fastai.nvlabs import *

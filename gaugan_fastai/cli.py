@@ -7,7 +7,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/cli.html.md"""
 
 # %% ../nbs/15_cli.ipynb #524f1318
 from __future__ import annotations
-import inspect, json, warnings
+import inspect, json, re, warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +19,7 @@ from .core import *
 from .data import GEOTIFF_SUFFIXES, read_georef
 from .formats import DATA_FORMATS, detect_format, data_loaders
 from .learner import gaugan_learner, NonFiniteLossError
+from .checkpoints import CheckpointError, writable_file, writable_folder
 from .losses import VGGLoss
 from .inference import load_synthesizer, save_image
 from .bench import bench_gaugan
@@ -28,17 +29,28 @@ from .nvlabs import load_nvlabs
 from .paint import Painter, PaintServer
 
 # %% auto #0
-__all__ = ['DEMO_MINUTES', 'user_errors', 'given', 'defaults_of', 'gaugan_train', 'gaugan_generate', 'gaugan_demo',
-           'gaugan_bench', 'gaugan_evaluate', 'gaugan_paint']
+__all__ = ['DEMO_MINUTES', 'user_message', 'user_errors', 'given', 'defaults_of', 'gaugan_train', 'gaugan_generate',
+           'gaugan_demo', 'gaugan_bench', 'gaugan_evaluate', 'gaugan_paint']
 
 # %% ../nbs/15_cli.ipynb #e25810ed
+_WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.")
+_CALLBACK_PREFIX = re.compile(r"Exception occured in `\w+` when calling event `\w+`:\n\t")
+
+def user_message(e:BaseException)->str:
+    "The message of `e` for a user: without fastai's callback prefix, and a DataLoader worker's error's own message."
+    msg = _CALLBACK_PREFIX.sub('', str(e), count=1)
+    if _WORKER_ERROR.match(msg):  # the worker's formatted traceback: the original message follows its last "Type: "
+        found = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(type(e).__name__)}: ", msg, re.M))
+        if found: msg = msg[found[-1].end():]
+    return msg.strip()
+
 @contextmanager
 def user_errors(command:str # the command's name, which starts the message
                ):
-    "Re-raise the library's errors about bad input as a one-line `CliError`."
+    "Re-raise the library's errors about bad input as a `CliError` that prints the message alone."
     try: yield
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, NonFiniteLossError) as e:
-        raise CliError(f"{command}: error: {e}") from e
+    except (ValueError, OSError, CheckpointError, NonFiniteLossError) as e:
+        raise CliError(f"{command}: error: {user_message(e)}") from e
 
 # %% ../nbs/15_cli.ipynb #5436056f
 def given(**kwargs)->dict:
@@ -81,6 +93,7 @@ def gaugan_train(
 ):
     "Train GauGAN on a data set of label maps and photos; save checkpoints and export the model."
     with user_errors('gaugan-train'), seeded(seed):
+        writable_file(out, 'model file')  # now, not after the last epoch
         format = ifnone(format, detect_format(data))
         dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, device=get_device(device),
                            **given(codes=codes, values=values, valid_pct=valid_pct))
@@ -89,8 +102,7 @@ def gaugan_train(
             except RuntimeError as e: raise ValueError(f"{e} On the command line: --vgg-weights FILE, or --no-vgg.") from e
         learn = gaugan_learner(dls, arch=arch, ngf=ngf, ndf=ndf, use_vae=vae, vgg=vgg, lr=lr, precision=precision,
                                checkpoint='gaugan', path=Path(checkpoints).absolute(), model_dir='.')
-        start = _resume(learn) if resume else 0
-        if not resume and learn.checkpoints(): print(f"Starting afresh: the checkpoints in {checkpoints} will be overwritten")
+        start = learn.resume() if resume else 0
         print(f"Training {arch} on {len(dls.train_ds)} samples of {data} ({format} layout), "
               f"{size}x{size}, batch {bs}, {precision}, on {dls.device}: epochs {start + 1}..{epochs}")
         if start < epochs: learn.fit_one_cycle(epochs, lr, start_epoch=start)
@@ -98,13 +110,6 @@ def gaugan_train(
         model = learn.export_synthesizer(Path(out).absolute())
     print(f"Model written to {out}")
     return model
-
-def _resume(learn)->int:
-    "`learn.resume()`, with the error for a checkpoint of another configuration stated for the command line."
-    try: return learn.resume()
-    except RuntimeError as e:
-        raise ValueError(f"cannot resume from {learn.checkpoints()[-1]}: it was saved for another model configuration "
-                         f"(use the --arch, --ngf, --ndf, --size and --vae of that run): {str(e).splitlines()[0]}") from e
 
 # %% ../nbs/15_cli.ipynb #cf8e2ede
 def _outputs(labels, n, out)->list:
@@ -137,6 +142,7 @@ def gaugan_generate(
         synth = load_synthesizer(model, device)
         outputs = _outputs(labels, n, out)
         style_image = None if style is None else synth.read_style(style)
+        writable_folder(out, 'output folder')  # after the inputs' checks: a refused command leaves no folder behind
         written = []
         for fn, (files, like) in progress_bar(list(zip(labels, outputs)), leave=False):
             ids = synth.read_labels(fn)

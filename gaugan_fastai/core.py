@@ -19,11 +19,19 @@ __all__ = ['get_device', 'autocast_dtype', 'seeded', 'plain', 'to_pixels', 'to_u
 # %% ../nbs/00_core.ipynb #6da65318
 def get_device(device:str|torch.device|None=None # `None` for the best available, else a device or its name
               )->torch.device:
-    "The `torch.device` to compute on: `device` if given, else CUDA, then MPS, then CPU."
-    if device is not None: return torch.device(device)
-    if torch.cuda.is_available(): return torch.device('cuda')
-    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
-    return torch.device('cpu')
+    "The `torch.device` to compute on: `device` if given (checked to exist here), else CUDA, then MPS, then CPU."
+    mps = getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()
+    if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu')
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from e
+    if dev.type == 'cuda':
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0: raise ValueError(f"device {device!r}: this machine has no CUDA GPU that PyTorch can use; use cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {device!r}: this machine has {n} CUDA GPU{'s' * (n > 1)} (cuda:0..cuda:{n-1})")
+    if dev.type == 'mps' and not mps: raise ValueError(f"device {device!r}: Apple's MPS is not available here; use cpu")
+    return dev
 
 # %% ../nbs/00_core.ipynb #4403f4ab
 def autocast_dtype(device:str|torch.device|None=None # the device that will compute

@@ -23,10 +23,10 @@ from .core import *
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IGNORE_COLOR', 'GEOTIFF_SUFFIXES', 'IMAGE_SUFFIXES', 'LabelMap', 'InstanceMap', 'PILLabelMap',
-           'PILInstanceMap', 'default_palette', 'colorize_labels', 'read_raster', 'raster_size', 'LabelReader',
-           'ImageReader', 'InstanceReader', 'Sample', 'read_georef', 'save_geotiff', 'AddLabelInfo',
-           'default_num_workers', 'default_load_size', 'check_samples', 'ReproducibleDL', 'SpadeDataLoaders',
-           'instance_edges', 'semantic_input', 'show_batch', 'pair_files']
+           'PILInstanceMap', 'default_palette', 'colorize_labels', 'read_raster', 'raster_header', 'raster_size',
+           'LabelReader', 'ImageReader', 'dataset_value_range', 'InstanceReader', 'Sample', 'read_georef',
+           'same_georef', 'save_geotiff', 'AddLabelInfo', 'default_num_workers', 'default_load_size', 'check_samples',
+           'ReproducibleDL', 'SpadeDataLoaders', 'instance_edges', 'semantic_input', 'show_batch', 'pair_files']
 
 # %% ../nbs/01_data.ipynb #330a3ec6
 IGNORE_INDEX = 255  # class id of dontcare / nodata pixels: no one-hot channel, ignored by every loss
@@ -84,13 +84,20 @@ def read_raster(fn:Path|str, # image or GeoTIFF file
         with Image.open(fn) as im: return np.asarray(im), None
     except Exception as e: raise ValueError(f"Cannot read {fn}: {e}") from e
 
-def raster_size(fn:Path|str)->tuple:
-    "(height, width) of `fn` from its header only; errors name the file."
+_PIL_DEEP = {'I;16': np.uint16, 'I;16L': np.uint16, 'I;16B': np.uint16, 'I;16N': np.uint16, 'I': np.int32, 'F': np.float32}
+
+def raster_header(fn:Path|str)->tuple:
+    "(height, width, crs, transform, sample type) of `fn` from its header only (crs, transform: `None` without a CRS)."
     try:
         if _is_geotiff(fn):
-            with rasterio.open(fn) as src: return src.height, src.width
-        with Image.open(fn) as im: return im.height, im.width
+            with rasterio.open(fn) as src:
+                return src.height, src.width, src.crs, (src.transform if src.crs else None), np.result_type(*src.dtypes)
+        with Image.open(fn) as im: return im.height, im.width, None, None, np.dtype(_PIL_DEEP.get(im.mode, np.uint8))
     except Exception as e: raise ValueError(f"Cannot read {fn}: {e}") from e
+
+def raster_size(fn:Path|str)->tuple:
+    "(height, width) of `fn` from its header only; errors name the file."
+    return raster_header(fn)[:2]
 
 def _half(arr, half):
     "The left or right half of a side-by-side array (pix2pix 'AB' images), or `arr` itself."
@@ -101,6 +108,26 @@ def _half(arr, half):
 def _half_size(size, half): return size if half is None else (size[0], size[1] // 2)
 
 # %% ../nbs/01_data.ipynb #7f939d6c
+def _whole_numbers(values, what:str)->list:
+    "`values` as a list of Python ints, or an error naming `what` they are."
+    values = list(values)
+    bad = [v for v in values if isinstance(v, (bool, np.bool_)) or not float(v).is_integer()]
+    if bad: raise ValueError(f"{what} must be whole numbers, got {bad[:5]}")
+    return [int(v) for v in values]
+
+def _map_values(raw:np.ndarray, # integer array
+                mapping:dict # {stored value: id}
+               )->np.ndarray: # int16, -1 where a value has no id
+    "`mapping[v]` for every value `v` of `raw`."
+    lo, hi = int(raw.min()), int(raw.max())
+    if lo >= 0 and hi < 1 << 16:  # a lookup table indexed by the stored integers: no conversion of the full-size map
+        lut = np.full(hi + 1, -1, np.int16)
+        for v, i in mapping.items():
+            if 0 <= v <= hi: lut[v] = i
+        return lut[raw]
+    uniq, inv = np.unique(raw, return_inverse=True)  # values too far apart for a table (e.g. int32 labels)
+    return np.array([mapping.get(int(v), -1) for v in uniq], np.int16)[inv.reshape(raw.shape)]
+
 class LabelReader(Transform):
     "Read a label file into a `PILLabelMap` of contiguous class ids, mapping raw values (or colours) to ids."
     def __init__(self, values:list|None=None, # raw value of each class in the files, in `codes` order
@@ -108,95 +135,156 @@ class LabelReader(Transform):
                  unknown:str='error', # values outside `values`/`ignore_values`: 'error' or 'ignore' (-> dontcare)
                  colors:np.ndarray|None=None, # for colour label maps: `[n,3]`, colour `k` stands for raw value `k`
                  ignore_colors:list=(), # colours meaning dontcare, for colour label maps
+                 color_tolerance:float|None=0., # RGB distance within which a colour counts as its nearest palette
+                                                # colour (0: exact colours only); `None`: every pixel takes the nearest
                  half:str|None=None, # 'left' or 'right' half of a side-by-side image, or `None`
                  band:int=1, # band of a label GeoTIFF
                 ):
         if values is None and colors is None: raise ValueError("Pass `values` (or `colors` for colour label maps)")
         if unknown not in ('error', 'ignore'): raise ValueError(f"unknown must be 'error' or 'ignore', not {unknown!r}")
-        values = list(ifnone(values, range(len(ifnone(colors, [])))))
+        values = _whole_numbers(ifnone(values, range(len(ifnone(colors, [])))), 'class values')
+        ignore_values = _whole_numbers(ignore_values, 'ignore values')
+        if len(set(values)) < len(values):
+            raise ValueError(f"class values repeat: {sorted({v for v in values if values.count(v) > 1})}; each class needs its own")
+        if both := sorted(set(values) & set(ignore_values)): raise ValueError(f"values {both} are both class values and ignore values")
         if len(values) > 255: raise ValueError(f"{len(values)} classes: at most 255 fit in 8-bit label maps")
+        if colors is not None:
+            colors = np.asarray(colors)
+            if colors.ndim != 2 or colors.shape[1] != 3 or colors.min() < 0 or colors.max() > 255:
+                raise ValueError(f"colors must be [n,3] RGB values in 0..255, got shape {colors.shape}")
+        if color_tolerance is not None and color_tolerance < 0: raise ValueError(f"color_tolerance must be >= 0, got {color_tolerance}")
         store_attr()
 
     def ids(self, raw:np.ndarray, nodata=None, fn='')->np.ndarray:
-        "Class ids uint8 `[H,W]` for raw label values (or colours) `raw` read from file `fn`."
+        "Class ids uint8 `[H,W]` for raw label values (or colours) `raw` read from file `fn`, whose nodata value is `nodata`."
         ignore = list(self.ignore_values)
         if self.colors is not None:
-            raw = self._nearest_colors(raw, fn)
+            raw, nodata = self._palette_index(raw, fn), None
             ignore += list(range(len(self.colors), len(self.colors) + len(self.ignore_colors)))
         elif raw.ndim == 3:
             if not (raw[..., :3] == raw[..., :1]).all():
                 raise ValueError(f"{fn}: label map is a colour image; expected one band of class ids "
                                  "(pass `colors` for colour label maps)")
             raw = raw[..., 0]
-        if raw.dtype.kind not in 'ub' and not (raw.dtype.kind == 'i' and raw.min() >= 0):
-            raise ValueError(f"{fn}: label values must be non-negative integers, got dtype {raw.dtype}")
-        lut = np.full(max(int(raw.max()), *self.values, *ignore, 0) + 1, -1, np.int16)
-        lut[ignore] = IGNORE_INDEX
-        if nodata is not None and 0 <= nodata < len(lut): lut[int(nodata)] = IGNORE_INDEX
-        lut[self.values] = np.arange(len(self.values))
-        ids = lut[raw]  # indexing with the stored integers themselves: no conversion of the full-size map
+        no_data = np.zeros(raw.shape, bool) if nodata is None else np.isnan(raw) if np.isnan(nodata) else raw == nodata
+        if raw.dtype.kind == 'f':  # float rasters of class codes: whole numbers expected
+            stored = raw[~no_data]
+            odd = stored[~np.isfinite(stored) | (stored != np.round(stored))]
+            if odd.size: raise ValueError(f"{fn}: label values must be whole numbers, found {np.unique(odd)[:5].tolist()}")
+            raw = np.where(no_data, 0, raw).astype(np.int64)
+        elif raw.dtype.kind not in 'uib': raise ValueError(f"{fn}: label values must be integers, got dtype {raw.dtype}")
+        ids = _map_values(raw.astype(np.uint8) if raw.dtype == bool else raw,
+                          {**{v: IGNORE_INDEX for v in ignore}, **{v: i for i, v in enumerate(self.values)}})
+        ids[no_data & (ids < 0)] = IGNORE_INDEX  # the file's nodata value, unless it is a class value
         unknown = ids < 0
         if unknown.any():
             if self.unknown == 'error':
-                raise ValueError(f"{fn}: label values {np.unique(raw[unknown]).tolist()} are not among the class values "
+                raise ValueError(f"{fn}: label values {np.unique(raw[unknown])[:10].tolist()} are not among the class values "
                                  f"{self.values} (nor ignore values {list(self.ignore_values)}); "
                                  "pass unknown='ignore' to treat them as dontcare")
             ids[unknown] = IGNORE_INDEX
         return ids.astype(np.uint8)
 
-    def _nearest_colors(self, raw, fn):
-        "Index of the nearest of `colors` + `ignore_colors` for each pixel of the colour image `raw`."
-        if raw.ndim != 3: raise ValueError(f"{fn}: expected a colour label map, got a single-band image")
-        cols = np.concatenate([np.asarray(self.colors), np.asarray(self.ignore_colors).reshape(-1, 3)]).astype(np.float32)
-        px = raw[..., :3].reshape(-1, 3).astype(np.float32)
-        d2 = ((px[:, None] - cols[None]) ** 2).sum(-1)
-        far = d2.min(1) > 100**2
-        if far.mean() > 0.25:
-            raise ValueError(f"{fn}: {far.mean():.0%} of pixels are far from every palette colour: "
-                             "not a colour label map in this palette (photo and label swapped?)")
-        return d2.argmin(1).reshape(raw.shape[:2]).astype(np.uint8)
+    def _palette_index(self, raw, fn)->np.ndarray:
+        "Index into `colors` + `ignore_colors` of each pixel's colour in the colour label map `raw` (see `color_tolerance`)."
+        if raw.ndim != 3 or raw.shape[-1] < 3: raise ValueError(f"{fn}: expected a colour label map, got a single-band image")
+        if raw.dtype != np.uint8: raise ValueError(f"{fn}: colour label maps must be 8-bit RGB, got {raw.dtype}")
+        palette = np.concatenate([self.colors, np.asarray(self.ignore_colors).reshape(-1, 3)]).astype(np.float64)
+        px = raw[..., :3].astype(np.int32)
+        uniq, inv, counts = np.unique((px[..., 0] << 16) | (px[..., 1] << 8) | px[..., 2], return_inverse=True, return_counts=True)
+        cols = np.stack([uniq >> 16, (uniq >> 8) & 255, uniq & 255], 1)
+        dist = np.sqrt(((cols[:, None].astype(np.float64) - palette[None]) ** 2).sum(-1))
+        nearest, gap = dist.argmin(1), dist.min(1)
+        if self.color_tolerance is None:  # nearest colour for all; still refuse an image that is no colour map at all
+            if counts[gap > 100].sum() > 0.25 * raw.shape[0] * raw.shape[1]:
+                raise ValueError(f"{fn}: {counts[gap > 100].sum() / counts.sum():.0%} of pixels are far from every palette colour: "
+                                 "not a colour label map in this palette (photo and label swapped?)")
+        elif (off := gap > self.color_tolerance).any():
+            n, top = counts[off].sum(), np.argsort(-counts[off])[:5]
+            examples = ', '.join(f"{tuple(int(v) for v in c)} x {k}" for c, k in zip(cols[off][top], counts[off][top]))
+            within = 'not in the palette' if self.color_tolerance == 0 else f'farther than {self.color_tolerance:g} from every palette colour'
+            raise ValueError(f"{fn}: {n} pixels ({n / counts.sum():.1%}) have colours {within}, e.g. {examples}; "
+                             "set color_tolerance (an RGB distance) to give near colours their nearest palette colour, "
+                             "or None for every pixel")
+        return nearest[inv.reshape(raw.shape[:2])]
 
-    def size(self, fn)->tuple: return _half_size(raster_size(fn), self.half)
     def encodes(self, fn:Path|str)->PILLabelMap:
         raw, nodata = read_raster(fn, None if not _is_geotiff(fn) else [self.band])
         return PILLabelMap(Image.fromarray(self.ids(_half(raw, self.half), nodata, fn)))
 
 # %% ../nbs/01_data.ipynb #4173193a
 class ImageReader(Transform):
-    "Read a photo (any Pillow format, or bands of a GeoTIFF) into an 8-bit RGB `PILImage`."
+    "Read a photo (any Pillow format, or bands of a GeoTIFF; any bit depth and sample type) into an 8-bit RGB `PILImage`."
     def __init__(self, bands:list|None=None, # 1-based GeoTIFF bands to use as R,G,B (`None`: the first three)
-                 value_range:tuple|None=None, # stored values mapped to 0..255; `None`: (0,255) for 8-bit data
+                 value_range:tuple|None=None, # stored values mapped to 0..255; `None`: 8-bit data as it is
                  half:str|None=None, # 'left' or 'right' half of a side-by-side image, or `None`
                  draft_size:tuple|None=None, # (w,h): let the JPEG decoder return a smaller image, at least this big
-                ): store_attr()
+                ):
+        if value_range is not None and not value_range[0] < value_range[1]:
+            raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range}")
+        store_attr()
 
-    def rgb(self, raw:np.ndarray, fn='')->np.ndarray:
-        "uint8 `[H,W,3]` from the stored values `raw` of file `fn`."
-        if raw.ndim == 2: raw = np.repeat(raw[..., None], 3, -1)
-        if raw.shape[-1] < 3: raise ValueError(f"{fn}: {raw.shape[-1]} bands, need 1 or at least 3 for RGB")
-        raw = raw[..., :3]
+    def stored(self, fn:Path|str)->tuple:
+        "(values `[H,W]` or `[H,W,C]` as stored in photo `fn`, mask of its valid values or `None` when all are valid)."
+        nodata = None
+        if _is_geotiff(fn): raw, nodata = read_raster(fn, self.bands)
+        else:
+            try:
+                with Image.open(fn) as im:
+                    if im.mode in _PIL_DEEP: raw = np.asarray(im)  # 16-bit, 32-bit integer or float: scaled by `rgb`
+                    else:  # every 8-bit mode (palette, grey, RGBA, CMYK...) as RGB
+                        if self.draft_size is not None and self.half is None: im.draft('RGB', self.draft_size)
+                        raw = np.asarray(im.convert('RGB'))
+            except Exception as e: raise ValueError(f"Cannot read {fn}: {e}") from e
+        raw = _half(raw, self.half)
+        valid = np.isfinite(raw) if raw.dtype.kind == 'f' else None
+        if nodata is not None and not np.isnan(nodata): valid = (raw != nodata) & (True if valid is None else valid)
+        return raw, valid
+
+    def rgb(self, raw:np.ndarray, fn='', valid:np.ndarray|None=None)->np.ndarray:
+        "uint8 `[H,W,3]` from the stored values `raw` of file `fn`; invalid values (`valid` False: nodata, NaN) become 0."
+        if raw.ndim == 2: raw, valid = raw[..., None], None if valid is None else valid[..., None]
+        if raw.shape[-1] == 2 or raw.shape[-1] < 1: raise ValueError(f"{fn}: {raw.shape[-1]} bands, need 1 or at least 3 for RGB")
+        if raw.shape[-1] == 1: raw, valid = np.repeat(raw, 3, -1), None if valid is None else np.repeat(valid, 3, -1)
+        raw, valid = raw[..., :3], None if valid is None else valid[..., :3]
         if self.value_range is None:
             if raw.dtype != np.uint8:
-                raise ValueError(f"{fn}: {raw.dtype} imagery needs `value_range` (the stored values that map to 0..255)")
-            return np.ascontiguousarray(raw)
-        lo, hi = self.value_range
-        return (np.clip((raw.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+                raise ValueError(f"{fn}: {raw.dtype} imagery needs `value_range` (the stored values that map to 0..255): "
+                                 "pass it, or let the data set's loader measure it over all photos")
+            out = np.ascontiguousarray(raw)
+        else:
+            lo, hi = self.value_range
+            if valid is not None: raw = np.where(valid, raw, lo)
+            out = (np.clip((raw.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+        return out if valid is None else np.where(valid, out, np.uint8(0))
 
-    def size(self, fn)->tuple: return _half_size(raster_size(fn), self.half)
     def encodes(self, fn:Path|str)->PILImage:
-        if _is_geotiff(fn):
-            raw, _ = read_raster(fn, self.bands)
-            return PILImage.create(self.rgb(_half(raw, self.half), fn))
-        try:
-            with Image.open(fn) as im:
-                if self.draft_size is not None and self.half is None: im.draft('RGB', self.draft_size)
-                return PILImage.create(_half(np.asarray(im.convert('RGB')), self.half))
-        except Exception as e: raise ValueError(f"Cannot read {fn}: {e}") from e
+        raw, valid = self.stored(fn)
+        return PILImage.create(self.rgb(raw, fn, valid))
+
+def dataset_value_range(files:list, # photo files
+                        reader:ImageReader|None=None # how they are read (bands, half); default `ImageReader()`
+                       )->tuple|None: # (lo, hi), or `None` when every photo is 8-bit
+    "The smallest and largest valid value stored in the photos' colour bands, over all `files` (nodata and non-finite values left out)."
+    reader, files = ifnone(reader, ImageReader()), list(files)
+    kinds = {}
+    for f in files: kinds.setdefault(raster_header(f)[4], f)
+    if set(kinds) == {np.dtype(np.uint8)}: return None
+    if len(kinds) > 1:
+        raise ValueError("the photos mix sample types, which one value range cannot serve: " +
+                         ", ".join(f"{f} is {k}" for k, f in kinds.items()) + "; convert them to one type")
+    lo, hi = math.inf, -math.inf
+    for f in files:
+        raw, valid = reader.stored(f)
+        if raw.ndim == 3: raw, valid = raw[..., :3], None if valid is None else valid[..., :3]
+        vals = raw if valid is None else raw[valid]
+        if vals.size: lo, hi = min(lo, float(vals.min())), max(hi, float(vals.max()))
+    if lo > hi: raise ValueError(f"none of the {len(files)} photos has a valid pixel (all nodata or not finite)")
+    return lo, (hi if hi > lo else lo + 1)
 
 # %% ../nbs/01_data.ipynb #19582f29
 class InstanceReader(Transform):
     "Read an instance-id file into a 32-bit `PILInstanceMap`."
-    def size(self, fn)->tuple: return raster_size(fn)
     def encodes(self, fn:Path|str)->PILInstanceMap:
         raw, _ = read_raster(fn, None if not _is_geotiff(fn) else [1])
         if raw.ndim != 2: raise ValueError(f"{fn}: instance map must have one band, got {raw.shape[-1]}")
@@ -215,9 +303,19 @@ class Sample:
 
 def read_georef(fn:Path|str)->tuple:
     "(crs, transform) of a GeoTIFF; (None, None) when it has no CRS."
-    try:
-        with rasterio.open(fn) as src: return src.crs, (src.transform if src.crs else None)
-    except Exception as e: raise ValueError(f"Cannot read {fn}: {e}") from e
+    return raster_header(fn)[2:4]
+
+def same_georef(a:tuple, # (crs, transform) of one raster
+                b:tuple # and of another of the same size
+               )->bool:
+    "Whether two rasters of one size lie on the same ground: equal CRS, transforms equal to a thousandth of a pixel."
+    (crs_a, tfm_a), (crs_b, tfm_b) = a, b
+    if crs_a is None or crs_b is None: return crs_a is None and crs_b is None
+    return crs_a == crs_b and tfm_a.almost_equals(tfm_b, precision=1e-3 * abs(tfm_a.determinant) ** 0.5)
+
+def _describe_georef(crs, tfm)->str:
+    if crs is None: return 'no CRS'
+    return f"{crs.to_string()}, origin ({tfm.c:.10g}, {tfm.f:.10g}), pixel {tfm.a:.6g} x {-tfm.e:.6g}"
 
 # %% ../nbs/01_data.ipynb #658a4be7
 def save_geotiff(image, # `[3,H,W]` float in [-1,1] (a generator's output) or uint8 `[H,W,3]`
@@ -258,21 +356,30 @@ def default_load_size(size:int|tuple)->int|tuple:
 
 # %% ../nbs/01_data.ipynb #921f015d
 def check_samples(samples:list, # `Sample`s to check
-                  label_reader:LabelReader, image_reader:ImageReader, instance_reader:InstanceReader|None=None):
-    "Open every file's header: raise one error listing each unreadable file and each pair whose sizes differ."
+                  label_reader:LabelReader, image_reader:ImageReader, instance_reader:InstanceReader|None=None,
+                  check_georef:bool=True # also require GeoTIFF files of one sample to share CRS and transform
+                 ):
+    "Open every file's header: raise one error listing each unreadable file and each pair whose sizes (or georeferences) differ; return the photos' sample types."
     if len(samples) == 0: raise ValueError("No samples: the data set is empty")
-    problems = []
+    problems, photo_types = [], set()
     for s in samples:
         parts = [('label', s.label, label_reader), ('photo', s.image, image_reader)]
         if instance_reader is not None: parts.append(('instance map', s.instance, instance_reader))
-        try: sizes = [(kind, fn, reader.size(fn)) for kind, fn, reader in parts]
+        try: heads = [(kind, fn, raster_header(fn), getattr(reader, 'half', None)) for kind, fn, reader in parts]
         except ValueError as e:
             problems.append(str(e)); continue
+        sizes = [(kind, fn, _half_size(h[:2], half)) for kind, fn, h, half in heads]
+        geo = [(kind, fn, h[2:4]) for kind, fn, h, _ in heads if _is_geotiff(fn)]
+        photo_types.add(heads[1][2][4])
         if len({sz for *_, sz in sizes}) > 1:
             problems.append("size mismatch (height, width): " + ", ".join(f"{k} {fn} {sz}" for k, fn, sz in sizes))
+        elif check_georef and not all(same_georef(geo[0][2], g) for *_, g in geo[1:]):
+            problems.append("georeference mismatch: " + ", ".join(f"{k} {fn} ({_describe_georef(*g)})" for k, fn, g in geo)
+                            + " (check_georef=False accepts it)")
     if problems:
         raise ValueError(f"{len(problems)} bad sample(s):\n  " + "\n  ".join(problems[:20]) +
                          (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
+    return photo_types
 
 # %% ../nbs/01_data.ipynb #23de971b
 class ReproducibleDL(TfmdDL):
@@ -322,10 +429,15 @@ class SpadeDataLoaders(DataLoaders):
                      batch_tfms:list|None=None, # extra batch transforms, before normalisation
                      device=None, # device batches go to, default `get_device()`
                      path:Path|str='.', # the `DataLoaders`' path (where learners save)
+                     check_georef:bool=True, # require GeoTIFF labels and photos of a pair to share CRS and transform
                      **kwargs # passed to `DataBlock.dataloaders`
                     ):
-        "Check `samples`, then build the paired pipeline and its loaders."
+        "Check the arguments and `samples`, then build the paired pipeline and its loaders."
         samples = list(samples)
+        if bs < 1: raise ValueError(f"batch size must be at least 1, got {bs}")
+        if splitter is None and not 0 <= valid_pct < 1:
+            raise ValueError(f"valid_pct is the share of samples held out for validation: at least 0 and below 1, got {valid_pct}")
+        if min(size if is_listy(size) else [size]) < 1: raise ValueError(f"crop size must be at least 1 pixel, got {size}")
         if palette is None: palette = default_palette(len(codes))
         palette = np.asarray(palette, np.uint8)
         if palette.shape != (len(codes), 3): raise ValueError(f"palette must be [{len(codes)},3], got {palette.shape}")
@@ -333,7 +445,10 @@ class SpadeDataLoaders(DataLoaders):
         if with_instances and any(s.instance is None for s in samples):
             raise ValueError(f"with_instances: samples without an instance file, e.g. {first(s for s in samples if s.instance is None)}")
         image_reader = ifnone(image_reader, ImageReader())
-        check_samples(samples, label_reader, image_reader, instance_reader)
+        photo_types = check_samples(samples, label_reader, image_reader, instance_reader, check_georef)
+        if image_reader.value_range is None and photo_types != {np.dtype(np.uint8)}:  # one range for the whole data set
+            value_range = dataset_value_range([s.image for s in samples], image_reader)
+            image_reader = ImageReader(image_reader.bands, value_range, image_reader.half, image_reader.draft_size)
         load_size = ifnone(load_size, default_load_size(size))
         label_block = TransformBlock(type_tfms=label_reader, item_tfms=AddLabelInfo(list(codes), palette),
                                      batch_tfms=IntToFloatTensor)
@@ -350,6 +465,9 @@ class SpadeDataLoaders(DataLoaders):
         device = get_device(device)
         dls = dblock.dataloaders(samples, bs=bs, num_workers=ifnone(num_workers, default_num_workers()),
                                  device=device, path=path, dl_type=ReproducibleDL, **kwargs)
+        if len(dls.train_ds) < bs:
+            raise ValueError(f"batch size {bs} is larger than the training set ({len(dls.train_ds)} of {len(samples)} samples, "
+                             f"{len(dls.valid_ds)} held out for validation): lower the batch size")
         if seed is not None:
             for i, dl in enumerate(dls.loaders): dl.rng = random.Random(f"{seed}-{i}")
         return cls(*dls.loaders, path=path, device=device)

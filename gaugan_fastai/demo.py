@@ -18,6 +18,7 @@ from .formats import data_loaders, make_landcover_demo
 from .learner import gaugan_learner
 from .inference import *
 from .metrics import validation_fidelity
+from .checkpoints import writable_folder
 
 # %% auto #0
 __all__ = ['run_demo']
@@ -40,7 +41,7 @@ def run_demo(out:str|Path='gaugan-demo', # folder for the data, pictures, model 
             )->dict:
     "Generate the land-cover demo set, train a small GauGAN on it and write samples, losses, model and report to `out`."
     start, out = time.time(), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out, 'output folder')
     data = make_landcover_demo(out/'data', n=n_tiles, size=size, seed=seed)
     set_seed(seed)
     dls = data_loaders(data, 'arcgis', size=size, bs=bs, num_workers=0, seed=seed, device=get_device(device))

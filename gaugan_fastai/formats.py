@@ -24,7 +24,7 @@ from .data import _is_geotiff
 # %% auto #0
 __all__ = ['DATA_FORMATS', 'CMP_FACADE_CLASSES', 'CMP_FACADE_PALETTE', 'LANDCOVER_CLASSES', 'LANDCOVER_VALUES',
            'LANDCOVER_NODATA', 'LANDCOVER_PALETTE', 'LANDCOVER_LOOK', 'DataFormat', 'register_format', 'detect_format',
-           'data_loaders', 'read_label_names', 'read_arcgis_classes', 'dataset_value_range', 'make_landcover_demo']
+           'data_loaders', 'read_label_names', 'read_arcgis_classes', 'make_landcover_demo']
 
 # %% ../nbs/01b_formats.ipynb #4cd1db89
 class DataFormat:
@@ -86,12 +86,12 @@ def from_folders(cls:SpadeDataLoaders, path:Path|str, # root folder
                  instance_dir:str|None=None, # instance-map folder under `path`, optional
                  missing:str='error', # unpaired files: 'error' or 'warn'
                  bands:list|None=None, # GeoTIFF photo bands to use as RGB
-                 value_range:tuple|None=None, # stored photo values that map to 0..255 (non-8-bit imagery)
+                 value_range:tuple|None=None, # stored photo values mapped to 0..255; default for non-8-bit photos: their whole range
                  **kwargs):
     "`SpadeDataLoaders` from same-stem label maps and photos in two folders (png, jpg or tif)."
     if codes is None and values is None:
         raise ValueError(f"{path}: plain label/image folders name no classes: pass codes (class names) and/or values (label values)")
-    values = list(ifnone(values, range(len(codes))))
+    values = list(range(len(codes)) if values is None else values)
     codes = list(ifnone(codes, [f'class{v}' for v in values]))
     if len(codes) != len(values): raise ValueError(f"{len(codes)} codes but {len(values)} values")
     path = Path(path)
@@ -167,7 +167,7 @@ def from_pix2pix_facades(cls:SpadeDataLoaders, path:Path|str, # pix2pix's `facad
         h, w = raster_size(f)
         if w % 2: raise ValueError(f"{f}: side-by-side image of odd width {w}")
     return cls.from_samples([Sample(f, f) for f in files], CMP_FACADE_CLASSES,
-                            LabelReader(colors=CMP_FACADE_PALETTE, ignore_colors=[(0, 0, 0)], half='right'),
+                            LabelReader(colors=CMP_FACADE_PALETTE, ignore_colors=[(0, 0, 0)], half='right', color_tolerance=None),
                             ImageReader(half='left'), palette=CMP_FACADE_PALETTE, size=size,
                             splitter=FuncSplitter(lambda s: s.image.parent.name == 'val'), path=path, **kwargs)
 
@@ -194,33 +194,17 @@ def read_arcgis_classes(path:Path|str # an export folder
             raise ValueError(f"{fn}: each entry of 'Classes' needs a value and a name ({e!r})") from e
     return None
 
-def dataset_value_range(files:list, # image files (GeoTIFFs)
-                        bands:list|None=None, # 1-based bands used as RGB
-                        n:int=16, # tiles sampled, evenly spaced
-                        pct:tuple=(0.5, 99.5) # percentiles kept
-                       )->tuple:
-    "One (lo, hi) range of stored values for a whole image set, so that every tile is scaled alike."
-    files = list(files)
-    picks = [files[i] for i in np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int)]
-    vals = np.concatenate([read_raster(f, bands)[0][..., :3].ravel() for f in picks])
-    lo, hi = np.percentile(vals, pct)
-    return float(lo), float(max(hi, lo + 1))
-
-def _raster_dtype(fn):
-    if not _is_geotiff(fn): return np.uint8
-    with rasterio.open(fn) as src: return np.dtype(src.dtypes[0])
-
 # %% ../nbs/01b_formats.ipynb #c3b152cd
 @patch(cls_method=True)
 @delegates(SpadeDataLoaders.from_samples, but=['samples', 'codes', 'label_reader', 'image_reader', 'with_instances'])
 def from_arcgis(cls:SpadeDataLoaders, path:Path|str, # export folder holding `images/` and `labels/`
                 codes:list|None=None, # class names, if the export has no class files (or to override them)
-                values:list|None=None, # raw label values of `codes`, default 1..len(codes)
+                values:list|None=None, # raw label values of `codes` (default 1..len(codes)); alone: the classes to train on
                 palette:np.ndarray|None=None, # class colours, default the export's, else `default_palette`
                 ignore_values:list|None=None, # raw values meaning dontcare, default [0] when 0 is not a class
                 unknown:str='error', # other values: 'error' or 'ignore' (-> dontcare)
                 bands:list|None=None, # 1-based image bands to use as RGB, default the first three
-                value_range:tuple|None=None, # stored image values mapped to 0..255; default measured if not 8-bit
+                value_range:tuple|None=None, # stored image values mapped to 0..255; default for non-8-bit imagery: its whole range
                 missing:str='error', # tiles without a partner: 'error' or 'warn'
                 **kwargs):
     "`SpadeDataLoaders` from an ArcGIS Pro 'Classified Tiles' export; samples keep their georeference."
@@ -229,15 +213,18 @@ def from_arcgis(cls:SpadeDataLoaders, path:Path|str, # export folder holding `im
     if codes is not None:
         values = list(ifnone(values, range(1, len(codes) + 1)))
         if len(values) != len(codes): raise ValueError(f"{len(codes)} codes but {len(values)} values")
+    elif values is not None:  # the export's names and colours of these values (names 'class<value>' where it has none)
+        known = {v: (name, color) for v, name, color in classes or []}
+        codes = [known[v][0] if v in known else f'class{v}' for v in values]
+        if palette is None and all(known.get(v, (0, None))[1] is not None for v in values):
+            palette = np.array([known[v][1] for v in values], np.uint8)
     elif classes is not None:
         values, codes, colors = map(list, zip(*classes))
         if palette is None and all(c is not None for c in colors): palette = np.array(colors, np.uint8)
-    else: raise ValueError(f"{path}: no esri_accumulated_stats.json or .emd with 'Classes': pass `codes` (and `values`)")
+    else: raise ValueError(f"{path}: no esri_accumulated_stats.json or .emd with 'Classes': pass `codes` and/or `values`")
     ignore_values = ifnone(ignore_values, [] if 0 in values else [0])
     samples = pair_files(path/'labels', path/'images', missing=missing)
     for s in samples: s.crs, s.transform = read_georef(s.label) if _is_geotiff(s.label) else (None, None)
-    if value_range is None and _raster_dtype(samples[0].image) != np.uint8:
-        value_range = dataset_value_range([s.image for s in samples], bands)
     return cls.from_samples(samples, codes, LabelReader(values, ignore_values, unknown),
                             ImageReader(bands, value_range), palette=palette, path=path, **kwargs)
 

@@ -19,6 +19,7 @@ from .core import *
 from .data import (IGNORE_INDEX, LabelReader, ImageReader, semantic_input, save_geotiff,
                                 read_raster, GEOTIFF_SUFFIXES)
 from .learner import *
+from .checkpoints import CHECKPOINT_FORMAT, atomic_save
 
 # %% auto #0
 __all__ = ['LABEL_TAG', 'GauGANSynthesizer', 'tagged_codes', 'load_synthesizer', 'save_image']
@@ -138,7 +139,7 @@ def label_reading(self:GauGANSynthesizer, fn:str|Path # a label file
         return ids_reader, 'class ids'
     if model is not None and model.colors is not None: return model, "read like the model's training label files"
     raw, _ = read_raster(fn)
-    if raw.ndim == 3 and not (raw[..., :3] == raw[..., :1]).all(): return LabelReader(colors=self.palette), "colours of the model's palette"
+    if raw.ndim == 3 and not (raw[..., :3] == raw[..., :1]).all(): return LabelReader(colors=self.palette, color_tolerance=None), "colours of the model's palette"
     if model is not None: return model, "read like the model's training label files"
     return ids_reader, 'class ids'
 
@@ -147,7 +148,7 @@ def _reader_args(reader):
     "`LabelReader` arguments as plain Python values (loadable with `weights_only=True`), or `None`."
     if reader is None: return None
     plainer = lambda v: np.asarray(v).tolist() if isinstance(v, np.ndarray) else (list(v) if isinstance(v, tuple) else v)
-    return {k: plainer(getattr(reader, k)) for k in ('values', 'ignore_values', 'unknown', 'colors', 'ignore_colors', 'half', 'band')}
+    return {k: plainer(getattr(reader, k)) for k in ('values', 'ignore_values', 'unknown', 'colors', 'ignore_colors', 'color_tolerance', 'half', 'band')}
 
 # %% ../nbs/09_inference.ipynb #5e00db28
 @patch
@@ -157,10 +158,9 @@ def save(self:GauGANSynthesizer, fname:str|Path # file to write, e.g. 'landcover
     fname = Path(fname)
     fname.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}
-    torch.save({'format': 'gaugan_fastai.synthesizer/2', 'settings': dict(self.settings), 'codes': list(self.codes),
-                'palette': self.palette.tolist(), 'label_reader': _reader_args(self.label_reader),
-                'dontcare_channel': self.dontcare_channel, 'state_dict': state}, fname)
-    return fname
+    return atomic_save({'format': 'gaugan_fastai.synthesizer/2', 'settings': dict(self.settings), 'codes': list(self.codes),
+                        'palette': self.palette.tolist(), 'label_reader': _reader_args(self.label_reader),
+                        'dontcare_channel': self.dontcare_channel, 'state_dict': state}, fname)
 
 def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save` / `learn.export_synthesizer`
                      device:str|torch.device|None=None # where to compute (`None`: the best available)
@@ -172,12 +172,19 @@ def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save
     except Exception as e: # torch.load's messages run to many lines: keep the first, the rest stays in the chain
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{fname} is not a model file written by gaugan_fastai: {reason}") from e
+    if isinstance(saved, dict) and saved.get('format') == CHECKPOINT_FORMAT:
+        raise ValueError(f"{fname} is a training checkpoint (epoch {saved['epoch']}), not an exported model: export it with "
+                         f"gaugan-train DATA --checkpoints {fname.parent} --resume --epochs {saved['epoch'] + 1} --out MODEL.pth "
+                         "plus the run's other options (with these --epochs nothing more is trained), or in Python with "
+                         "learn.resume() and learn.export_synthesizer('MODEL.pth')")
     formats = ('gaugan_fastai.synthesizer/1', 'gaugan_fastai.synthesizer/2') # /1: before the dontcare convention was saved
     if not isinstance(saved, dict) or saved.get('format') not in formats:
         raise ValueError(f"{fname} is not a model file written by gaugan_fastai (no 'gaugan_fastai.synthesizer/N' format tag)")
     generator = conditional_generator(**saved['settings'])
     generator.load_state_dict(saved['state_dict'])
-    reader = None if saved.get('label_reader') is None else LabelReader(**saved['label_reader'])
+    args = saved.get('label_reader')
+    if args is not None and args.get('colors') is not None: args.setdefault('color_tolerance', None) # saved before it was a setting
+    reader = None if args is None else LabelReader(**args)
     return GauGANSynthesizer(generator, saved['codes'], np.array(saved['palette'], dtype=np.uint8), saved['settings'],
                              device, reader, saved.get('dontcare_channel'))
 

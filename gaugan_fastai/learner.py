@@ -8,7 +8,6 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/learner.html.md"""
 
 # %% ../nbs/08_learner.ipynb #5cb3e1b2
 from __future__ import annotations
-import re
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -17,7 +16,6 @@ from fastai.vision.all import *
 from fastai.vision.gan import GANModule, GANTrainer, FixedGANSwitcher, AdaptiveGANSwitcher
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.tracker import SaveModelCallback
 from matplotlib.ticker import MaxNLocator
 from .core import *
 from .data import semantic_input, colorize_labels
@@ -25,7 +23,8 @@ from .generator import SPADEGenerator
 from .encoder import ConvEncoder, reparameterize
 from .discriminator import MultiscaleDiscriminator
 from .losses import hinge_loss_d, hinge_loss_g, patch_scores, feature_matching_loss, VGGLoss, kl_loss
-from .pix2pix import UNetGenerator, l1_reconstruction_loss
+from .pix2pix import UNetGenerator, unet_depth, l1_reconstruction_loss
+from .checkpoints import SaveCheckpointCallback
 
 # %% auto #0
 __all__ = ['ConditionalGenerator', 'conditional_generator', 'GauGAN', 'GauGANLoss', 'LossTerm', 'GauGANTrainer', 'TTUR',
@@ -62,6 +61,7 @@ class ConditionalGenerator(Module):
                    seed:int|None=None # seed of the style codes (drawn on the CPU: same codes on every device)
                   )->Tensor:
         "`n` images per label map, in eval mode, as [bs, n, 3, H, W] in [-1,1]."
+        if n < 1: raise ValueError(f"n (images per label map) must be at least 1, got {n}")
         bs = seg.shape[0]
         if style is not None and self.encoder is None:
             raise ValueError("A style image was given but this generator has no style encoder (built with use_vae=False)")
@@ -94,7 +94,7 @@ def conditional_generator(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
                          )->ConditionalGenerator:
     "Build the generator side of the GAN named by `arch`, initialized as the reference initializes it."
     if arch == 'pix2pix': # as many U-Net levels as the image size allows, at most pix2pix's 8 (for 256x256)
-        num_downs = min(8, int(np.log2(min(crop_size, round(crop_size / aspect_ratio)))))
+        num_downs = unet_depth(round(crop_size / aspect_ratio), crop_size)
         return ConditionalGenerator(UNetGenerator(label_nc, ngf=ngf, num_downs=num_downs), takes_z=False)
     if arch not in ('spade', 'clade'): raise ValueError(f"arch {arch!r} is not one of 'spade', 'clade', 'pix2pix'")
     net = SPADEGenerator(label_nc, ngf=ngf, z_dim=z_dim, num_upsampling_layers=num_upsampling_layers, use_vae=use_vae,
@@ -241,7 +241,7 @@ class StopOnNonFinite(Callback):
     def after_loss(self):
         if not self.training or torch.isfinite(self.loss).all(): return
         mode = 'generator' if self.model.gen_mode else 'critic'
-        saver = getattr(self.learn, 'save_model', None)
+        saver = getattr(self.learn, 'save_checkpoint', None)
         last = getattr(saver, 'last_saved_path', None)
         keep = (f"the last good checkpoint is {last}; continue with learn.resume()" if last is not None
                 else "no checkpoint was saved before it")
@@ -261,13 +261,20 @@ class GauGANLearner(Learner):
         "Train in float16 mixed precision with loss scaling (`kwargs` go to `GradScaler`)."
         return self.add_cb(DeviceMixedPrecision(amp_mode=AMPMode.FP16, **kwargs))
 
+    def fit(self, *args, **kwargs):
+        "fastai's `fit`; the checkpoint folder's lock is released however the fit ends (fastai skips `after_fit` on errors)."
+        try: return super().fit(*args, **kwargs)
+        finally:
+            if getattr(self, 'save_checkpoint', None) is not None: self.save_checkpoint.release()
+
+    def _saver(self)->SaveCheckpointCallback:
+        if getattr(self, 'save_checkpoint', None) is None:
+            raise ValueError("This learner saves no checkpoints (it was built with checkpoint=None)")
+        return self.save_checkpoint
+
     def checkpoints(self)->list[Path]:
         "This learner's saved checkpoints, oldest epoch first."
-        saver = getattr(self, 'save_model', None)
-        if saver is None: raise ValueError("This learner saves no checkpoints (it was built with checkpoint=None)")
-        files = (self.path/self.model_dir).glob(f'{saver.fname}_*.pth')
-        found = [(int(m.group(1)), f) for f in files if (m := re.fullmatch(rf'{re.escape(saver.fname)}_(\d+)', f.stem))]
-        return [f for _, f in sorted(found)]
+        return self._saver().files()
 
     def show_results(self, ds_idx:int=1, # which of `dls` to draw from (1: validation)
                      dl:DataLoader|None=None, # or this data loader
@@ -300,11 +307,8 @@ class GauGANLearner(Learner):
         return ax
 
     def resume(self)->int:
-        "Load the newest checkpoint (models and optimizer state); return the epoch to continue from."
-        found = self.checkpoints()
-        if not found: raise FileNotFoundError(f"No checkpoint {self.save_model.fname}_N.pth in {self.path/self.model_dir}")
-        self.load(found[-1].stem, with_opt=True)
-        return int(found[-1].stem.rsplit('_', 1)[1]) + 1
+        "Load the newest usable checkpoint (`SaveCheckpointCallback.resume`); return the epoch to continue from."
+        return self._saver().resume()
 
 # %% ../nbs/08_learner.ipynb #605bddb5
 @delegates(Learner.__init__, but=['loss_func', 'opt_func', 'splitter', 'metrics', 'moms', 'wd'])
@@ -337,6 +341,11 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                   )->GauGANLearner:
     "A fastai `Learner` training GauGAN (`arch='spade'`), CLADE or the pix2pix baseline on `dls`."
     if precision not in ('fp32', 'bf16', 'fp16'): raise ValueError(f"precision {precision!r} is not one of fp32, bf16, fp16")
+    for name, v in dict(ngf=ngf, ndf=ndf, z_dim=z_dim, num_D=num_D, n_layers_D=n_layers_D).items():
+        if v < 1: raise ValueError(f"{name} must be at least 1, got {v}")
+    if len(dls.train) == 0:
+        raise ValueError(f"batch size {dls.train.bs} is larger than the training set ({len(dls.train_ds)} samples): "
+                         "not one full batch to train on; lower the batch size")
     pix2pix = arch == 'pix2pix'
     use_vae, lambda_fm, lambda_kl = use_vae and not pix2pix, 0. if pix2pix else lambda_fm, 0. if pix2pix else lambda_kl
     lambda_l1 = lambda_l1 if pix2pix else 0.
@@ -348,9 +357,13 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                                      init_gain=init_gain)
     model = GauGAN(conditional_generator(**settings, init_type=init_type, init_gain=init_gain), critic, dls.c)
     loss = GauGANLoss(model, lambda_fm, lambda_kl, lambda_l1, vgg)
+    run_settings = dict(settings, ndf=ndf, num_D=num_D, n_layers_D=n_layers_D, precision=precision, lambda_fm=lambda_fm,
+                        lambda_kl=lambda_kl, lambda_l1=lambda_l1, lambda_vgg=getattr(vgg, 'lambda_vgg', None if vgg is None else 1.),
+                        ttur=ttur, betas=betas, switcher=type(switcher).__name__ if switcher else f'FixedGANSwitcher(n_crit={n_crit})',
+                        init_type=init_type, init_gain=init_gain)  # what a checkpoint's fingerprint records of the model
     on_cuda = dls.device is not None and torch.device(dls.device).type == 'cuda'
     cbs = [GauGANTrainer(), ifnone(switcher, FixedGANSwitcher(n_crit=n_crit, n_gen=1)), TTUR(ttur), StopOnNonFinite()]\
-          + ([SaveModelCallback(monitor='train_loss', fname=checkpoint, every_epoch=True, with_opt=True)] if checkpoint else [])\
+          + ([SaveCheckpointCallback(checkpoint, run_settings)] if checkpoint else [])\
           + ([ChannelsLast()] if ifnone(channels_last, on_cuda) else []) + L(cbs)
     learn = GauGANLearner(dls, model, loss_func=loss, opt_func=partial(OptimWrapper, opt=torch.optim.Adam, betas=betas),
                           lr=lr, wd=0., moms=(betas[0],)*3, splitter=gan_splitter,

@@ -27,6 +27,7 @@ from .core import get_device, autocast_dtype, plain, to_pixels
 from .data import IGNORE_INDEX, semantic_input
 from .formats import DATA_FORMATS, detect_format, data_loaders
 from .inference import load_synthesizer
+from .checkpoints import writable_file
 
 # %% auto #0
 __all__ = ['FID_WEIGHTS', 'SCORE_NAMES', 'confusion_matrix', 'segmentation_scores', 'SegmenterUNet', 'PhotoToLabel',
@@ -483,6 +484,7 @@ def evaluate_model(model_path:str|Path, # a model file written by `learn.export_
                    **data_kwargs # passed to the format's loader: the split (`seed`, `valid_pct`), `codes`, `values`...
                   )->dict:
     "Score the model in `model_path` on the `split` set of the data at `data_path`; write the results to `out` as JSON."
+    if out is not None: writable_file(out, 'scores file')  # before the scoring, not after it
     synth = load_synthesizer(model_path, device)
     format = ifnone(format, detect_format(data_path))
     if format in DATA_FORMATS and DATA_FORMATS[format].accepts('codes') and not {'codes', 'values'} & set(data_kwargs):

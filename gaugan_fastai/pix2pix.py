@@ -7,6 +7,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/pix2pix.html.md"""
 
 # %% ../nbs/07_pix2pix.ipynb #57dbc9d4
 from __future__ import annotations
+import math
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from .core import plain
 from .layers import init_weights
 
 # %% auto #0
-__all__ = ['UNetSkipBlock', 'UNetGenerator', 'l1_reconstruction_loss']
+__all__ = ['UNetSkipBlock', 'UNetGenerator', 'unet_depth', 'l1_reconstruction_loss']
 
 # %% ../nbs/07_pix2pix.ipynb #349b6006
 _unet_norms = {'batch': lambda nf: nn.BatchNorm2d(nf), 'instance': lambda nf: nn.InstanceNorm2d(nf, affine=False)}
@@ -71,6 +72,20 @@ class UNetGenerator(nn.Module):
             raise ValueError(f"UNetGenerator with num_downs={self.num_downs} needs height and width divisible by {side}, "
                              f"got {seg.shape[-2]}x{seg.shape[-1]}: crop or resize the data, or lower num_downs")
         return self.model(seg)
+
+# %% ../nbs/07_pix2pix.ipynb #58769626
+def unet_depth(height:int, # image height in pixels
+               width:int, # image width
+               max_downs:int=8 # the deepest U-Net wanted (pix2pix's `unet_256`: 8)
+              )->int:
+    "The most U-Net levels (at most `max_downs`) whose downsamplings divide both sides of a `height` x `width` image."
+    if height < 1 or width < 1: raise ValueError(f"image size must be positive, got {height}x{width}")
+    gcd, depth = math.gcd(height, width), 0
+    while gcd % 2 == 0 and depth < max_downs: gcd, depth = gcd // 2, depth + 1
+    if depth < 5:
+        raise ValueError(f"a {height}x{width} image allows only {depth} U-Net levels (its sides share the factor {2**depth}); "
+                         "the pix2pix U-Net needs 5: use sides that are multiples of 32")
+    return depth
 
 # %% ../nbs/07_pix2pix.ipynb #0e1a810b
 def l1_reconstruction_loss(fake:torch.Tensor, # generated images, [bs, 3, H, W]

@@ -31,10 +31,10 @@ def run(command, *args, cwd, ok=True):
 
 @pytest.fixture(scope='module')
 def work(tmp_path_factory):
-    "A folder holding `data` (the tiny land-cover set) and `model.pth` trained on it for one epoch by gaugan-train."
+    "A folder holding `data` (the tiny land-cover set) and `model.pth` trained on it for two epochs by gaugan-train."
     d = tmp_path_factory.mktemp('cli')
     make_landcover_demo(d/'data', n=12, size=32)
-    p = run('gaugan-train', 'data', '--epochs', '1', '--out', 'model.pth', *TINY, cwd=d)
+    p = run('gaugan-train', 'data', '--epochs', '2', '--out', 'model.pth', *TINY, cwd=d)
     assert 'arcgis layout' in p.stdout, p.stdout  # the layout was recognised without --format
     return d
 
@@ -52,7 +52,9 @@ def test_train_writes_model_and_checkpoint(work):
 def _weights(fn): return torch.load(fn, map_location='cpu', weights_only=False)['model']
 
 def test_resume_continues_from_the_newest_checkpoint(work):
+    "A run killed during its second epoch (its checkpoint removed, as the kill would have left it) resumes from epoch 0's."
     epoch0 = _weights(work/'checkpoints'/'gaugan_0.pth')
+    (work/'checkpoints'/'gaugan_1.pth').unlink()
     p = run('gaugan-train', 'data', '--epochs', '2', '--resume', '--out', 'resumed.pth', *TINY, cwd=work)
     assert 'epochs 2..2' in p.stdout, p.stdout
     assert (work/'checkpoints'/'gaugan_1.pth').is_file() and (work/'resumed.pth').is_file()
