@@ -29,10 +29,11 @@ from .fast import fast_precision, fast_synthesizer
 from .metrics import evaluate_model, format_scores
 from .demo import run_demo
 from .scene import generate_scene_command
+from .paint import Painter, PaintServer
 
 # %% auto #0
 __all__ = ['DEMO_MINUTES', 'user_message', 'user_errors', 'given', 'defaults_of', 'gaugan_train', 'gaugan_generate',
-           'gaugan_convert', 'gaugan_demo', 'gaugan_bench', 'gaugan_evaluate']
+           'gaugan_convert', 'gaugan_demo', 'gaugan_bench', 'gaugan_evaluate', 'gaugan_paint']
 
 # %% ../nbs/15_cli.ipynb #e25810ed
 _WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.")
@@ -270,3 +271,27 @@ def gaugan_evaluate(
     print(format_scores(res))
     print(f"Scores written to {out}, pictures to {res['grid']}")
     return res
+
+# %% ../nbs/15_cli.ipynb #80baf5ab
+@call_parse
+def gaugan_paint(
+    model:str, # model file written by gaugan-train, or a run of NVlabs/SPADE (its folder or a *_net_G.pth)
+    dataset:Annotated[str, {'choices': list(NVLABS_PRESETS)}]=None, # data set of an NVlabs/SPADE run without opt.txt
+    host:str='127.0.0.1', # address to listen on (127.0.0.1: this machine only)
+    port:int=8000, # port to listen on (0: a free one)
+    examples:str=None, # folder of label files (or a data set folder with labels/) for "random example"
+    precision:Annotated[str, {'choices': ['auto', 'fp32', 'bf16']}]='auto', # auto: bf16 where it keeps the picture
+    max_upload_mb:float=20., # the largest upload accepted, in MB
+    log:bool=False, # print a line per request
+    device:str=None, # e.g. cuda, cpu (default: the best available)
+):
+    "Serve a page to paint label maps and see the model's images follow each stroke."
+    with user_errors('gaugan-paint'):
+        synth = load_model(model, dataset, device)
+        painter = Painter(synth, examples, name=Path(model).name, precision=precision, max_upload_mb=max_upload_mb)
+        server = PaintServer(painter, host, port, log=log)
+    print(f"gaugan-paint: {Path(model).name} on {server.url} (Ctrl-C to stop)", flush=True)
+    print(f"gaugan-paint: computing in {painter.precision} on {synth.device}", flush=True)
+    try: server.serve_forever()
+    except KeyboardInterrupt: print("gaugan-paint: stopped")
+    finally: server.server_close()

@@ -9,18 +9,21 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/inference.html.md"""
 # %% ../nbs/09_inference.ipynb #c4370926
 from __future__ import annotations
 from collections import Counter
+import json
 from pathlib import Path
 import numpy as np
+import rasterio
 import torch, torch.nn.functional as F
 from PIL import Image
 from fastcore.basics import patch, store_attr, first, ifnone
 from .core import *
-from .data import IGNORE_INDEX, LabelReader, ImageReader, semantic_input, onehot_channels, save_geotiff, pixel_size_m
+from .data import (IGNORE_INDEX, LabelReader, ImageReader, semantic_input, onehot_channels, save_geotiff,
+                                pixel_size_m, read_raster, GEOTIFF_SUFFIXES)
 from .learner import *
 from .checkpoints import CHECKPOINT_FORMAT, atomic_save
 
 # %% auto #0
-__all__ = ['GauGANSynthesizer', 'load_synthesizer', 'training_georef', 'save_image']
+__all__ = ['LABEL_TAG', 'GauGANSynthesizer', 'tagged_codes', 'load_synthesizer', 'training_georef', 'save_image']
 
 # %% ../nbs/09_inference.ipynb #ddb423e1
 class GauGANSynthesizer:
@@ -94,17 +97,21 @@ class GauGANSynthesizer:
         out = self.generator.synthesize(seg, style, n=n, seed=seed)
         return ((out.float().cpu() + 1) / 2).clamp(0, 1)
 
-    def read_labels(self, fn:str|Path # a label file in the training data's format (raw values or colours)
+    def read_labels(self, fn:str|Path # a label file: the training data's format, class ids written here, or palette colours
                    )->torch.Tensor:
-        "Class ids [H,W] of label file `fn`, read the way the training label files were (ids 0..c-1 and 255 if unrecorded)."
-        fn = Path(fn)
-        if not fn.is_file(): raise FileNotFoundError(f"label map {fn} does not exist")
-        return torch.as_tensor(np.array(self.reader(fn))).long()
+        "Class ids [H,W] of label file `fn`, read as `label_reading` says (the way the training label files were, mostly)."
+        reader, _ = self.label_reading(fn)
+        return torch.as_tensor(np.array(reader(fn))).long()
+
+    @property
+    def ids_reader(self)->LabelReader:
+        "Reads stored class ids 0..c-1, 255 for unknown."
+        return LabelReader(list(range(len(self.codes))), [IGNORE_INDEX])
 
     @property
     def reader(self)->LabelReader:
-        "How label files become class ids: the training data's `label_reader`, else stored ids 0..c-1 and 255 (unknown)."
-        return ifnone(self.label_reader, LabelReader(list(range(len(self.codes))), [IGNORE_INDEX]))
+        "How the training label files became class ids: the training data's `label_reader`, else `ids_reader`."
+        return ifnone(self.label_reader, self.ids_reader)
 
     def resize_labels(self, ids:torch.Tensor # class ids [H,W] of any size
                      )->torch.Tensor:
@@ -118,6 +125,40 @@ class GauGANSynthesizer:
         fn = Path(fn)
         if not fn.is_file(): raise FileNotFoundError(f"style image {fn} does not exist")
         return np.asarray(ImageReader()(fn).resize(self.size[::-1], Image.BILINEAR))
+
+# %% ../nbs/09_inference.ipynb #142c6172
+LABEL_TAG = 'gaugan_fastai'  # PNG text key and GeoTIFF tag of the class-id files written by this library: JSON with the class names
+
+def tagged_codes(fn:str|Path # a label file
+                )->list|None:
+    "The class names recorded in a class-id file written by this library, or `None` for any other file."
+    fn = Path(fn)
+    try:
+        if fn.suffix.lower() in GEOTIFF_SUFFIXES:
+            with rasterio.open(fn) as src: tag = src.tags().get(LABEL_TAG)
+        else:
+            with Image.open(fn) as im: tag = getattr(im, 'text', {}).get(LABEL_TAG)  # PNG text chunks
+    except Exception as e: raise ValueError(f"Cannot read {fn}: {e}") from e
+    if tag is None: return None
+    try: return list(json.loads(tag)['codes'])
+    except (ValueError, KeyError, TypeError) as e: raise ValueError(f"{fn}: its {LABEL_TAG} tag is damaged ({e})") from e
+
+@patch
+def label_reading(self:GauGANSynthesizer, fn:str|Path # a label file
+                 )->tuple: # (LabelReader, how it reads, in words)
+    "How `read_labels` reads `fn`: class ids of this model's classes written here, else as the training label files were, else palette colours."
+    fn = Path(fn)
+    if not fn.is_file(): raise FileNotFoundError(f"label map {fn} does not exist")
+    codes, model = tagged_codes(fn), self.label_reader
+    if codes is not None:
+        if codes != list(self.codes):
+            raise ValueError(f"{fn}: class ids of other classes ({len(codes)}: {', '.join(map(str, codes[:4]))}...), not this model's")
+        return self.ids_reader, 'class ids'
+    if model is not None and model.colors is not None: return model, "read like the model's training label files"
+    raw, _ = read_raster(fn)
+    if raw.ndim == 3 and not (raw[..., :3] == raw[..., :1]).all(): return LabelReader(colors=self.palette, color_tolerance=None), "colours of the model's palette"
+    if model is not None: return model, "read like the model's training label files"
+    return self.ids_reader, 'class ids'
 
 # %% ../nbs/09_inference.ipynb #2811683b
 def _reader_args(reader):

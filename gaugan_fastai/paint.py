@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64, importlib.resources, io, json, math, socket, sys, tempfile, threading, time, traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Annotated
 from urllib.parse import urlsplit, parse_qs, unquote
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -20,19 +19,16 @@ from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from affine import Affine
 from scipy import ndimage
-from fastcore.script import call_parse
 from .core import *
-from .data import (IGNORE_INDEX, GEOTIFF_SUFFIXES, IMAGE_SUFFIXES, LabelReader, ImageReader, read_raster,
-                                raster_size, read_georef)
-from .inference import GauGANSynthesizer, load_synthesizer
+from .data import IGNORE_INDEX, GEOTIFF_SUFFIXES, IMAGE_SUFFIXES, ImageReader, read_raster, raster_size, read_georef
+from .inference import GauGANSynthesizer, LABEL_TAG, load_synthesizer
 from .fast import fast_synthesizer
-from .cli import user_errors
 
 # %% auto #0
-__all__ = ['ID_TAG', 'MAX_PIXELS', 'LABEL_SUFFIXES', 'PAGE_FILES', 'CONTENT_POLICY', 'PAGE_DIR', 'check_ids', 'ids_from_bytes',
-           'labels_png', 'file_georef', 'parse_georef', 'labels_geotiff', 'check_pixels', 'resize_labels',
-           'read_label_file', 'example_files', 'random_label_map', 'compare_precisions', 'Painter', 'RequestError',
-           'PaintHandler', 'PaintServer', 'paint', 'gaugan_paint']
+__all__ = ['MAX_PIXELS', 'LABEL_SUFFIXES', 'PAGE_FILES', 'CONTENT_POLICY', 'PAGE_DIR', 'check_ids', 'ids_from_bytes',
+           'labels_png', 'file_georef', 'parse_georef', 'labels_geotiff', 'check_pixels', 'read_label_file',
+           'example_files', 'random_label_map', 'compare_precisions', 'Painter', 'RequestError', 'PaintHandler',
+           'PaintServer', 'paint']
 
 # %% ../nbs/17_paint.ipynb #5d86e3ae
 def check_ids(ids:np.ndarray, # class ids uint8 [H,W]
@@ -55,7 +51,6 @@ def ids_from_bytes(data:bytes, # H*W bytes, one class id a pixel, row by row
     return check_ids(np.frombuffer(data, np.uint8).reshape(h, w).copy(), n_classes)
 
 # %% ../nbs/17_paint.ipynb #1d54f820
-ID_TAG = 'gaugan_fastai'  # PNG text key and GeoTIFF tag of the class-id files written here: JSON with the class names
 MAX_PIXELS = 8192 * 8192  # the largest label map or style photo read (checked from the header, before decoding)
 
 def _id_tag(codes:list)->str: return json.dumps({'content': 'class ids', 'codes': list(codes)})
@@ -65,7 +60,7 @@ def labels_png(ids:np.ndarray, # class ids uint8 [H,W]
               )->bytes:
     "A PNG of class ids, tagged so that it reads back as class ids."
     info = PngImagePlugin.PngInfo()
-    info.add_text(ID_TAG, _id_tag(codes))
+    info.add_text(LABEL_TAG, _id_tag(codes))
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(ids, np.uint8)).save(buf, 'PNG', pnginfo=info)
     return buf.getvalue()
@@ -98,45 +93,16 @@ def labels_geotiff(ids:np.ndarray, # class ids uint8 [H,W]
         with mem.open(driver='GTiff', height=h, width=w, count=1, dtype='uint8', crs=crs, nodata=IGNORE_INDEX,
                       transform=tfm @ Affine.scale(w0 / w, h0 / h)) as dst:
             dst.write(np.asarray(ids, np.uint8)[None])
-            dst.update_tags(**{ID_TAG: _id_tag(codes)})
+            dst.update_tags(**{LABEL_TAG: _id_tag(codes)})
         return mem.read()
 
 # %% ../nbs/17_paint.ipynb #800a8d46
-def _tagged_codes(fn:Path)->list|None:
-    "The class names recorded in a class-id file written here, or `None` for any other file."
-    if fn.suffix.lower() in GEOTIFF_SUFFIXES:
-        with rasterio.open(fn) as src: tag = src.tags().get(ID_TAG)
-    else:
-        with Image.open(fn) as im: tag = getattr(im, 'text', {}).get(ID_TAG)  # PNG text chunks
-    if tag is None: return None
-    try: return list(json.loads(tag)['codes'])
-    except (ValueError, KeyError, TypeError) as e: raise ValueError(f"{fn}: its {ID_TAG} tag is damaged ({e})") from e
-
 def check_pixels(fn:Path # an image or label file
                 )->tuple:
     "(H, W) of `fn` from its header; more than `MAX_PIXELS` is an error (a decompression bomb is never decoded)."
     h, w = raster_size(fn)
     if h * w > MAX_PIXELS: raise ValueError(f"{fn}: {h}x{w} pixels, more than the {MAX_PIXELS} read here")
     return h, w
-
-def resize_labels(ids:np.ndarray, # class ids [H,W]
-                  size:tuple # (H, W) wanted
-                 )->np.ndarray:
-    "`ids` resized to `size` by nearest neighbour (ids stay ids)."
-    return F.interpolate(torch.as_tensor(ids)[None, None].float(), size=size, mode='nearest')[0, 0].byte().numpy()
-
-def _label_reader(fn:Path, raw:np.ndarray, synth)->tuple:
-    "(reader, what it reads) for label file `fn` whose stored values are `raw`."
-    ids_reader = LabelReader(list(range(len(synth.codes))), [IGNORE_INDEX])
-    codes, model = _tagged_codes(fn), synth.label_reader
-    if codes is not None:
-        if codes != list(synth.codes):
-            raise ValueError(f"{fn}: class ids of other classes ({len(codes)}: {', '.join(codes[:4])}...), not this model's")
-        return ids_reader, 'class ids'
-    if raw.ndim == 3 and not (raw[..., :3] == raw[..., :1]).all() and (model is None or model.colors is None):
-        return LabelReader(colors=synth.palette, color_tolerance=None), "colours of the model's palette"
-    if model is not None: return model, "read like the model's training label files"
-    return ids_reader, 'class ids'
 
 def read_label_file(fn:str|Path, # a label file (an example, or an upload saved by the server)
                     synth:GauGANSynthesizer, # the model
@@ -147,18 +113,17 @@ def read_label_file(fn:str|Path, # a label file (an example, or an upload saved 
     name = name or fn.name
     try:
         check_pixels(fn)
-        raw, _ = read_raster(fn)
-        reader, how = _label_reader(fn, raw, synth)
-        ids = np.array(reader(fn))
+        reader, how = synth.label_reading(fn)
+        ids = synth.read_labels(fn).numpy().astype(np.uint8)
+        notes = [f"{name}: {how}"]
+        if reader.colors is not None and reader is not synth.label_reader:
+            inexact = int((synth.palette[ids] != read_raster(fn)[0][..., :3]).any(-1).sum())
+            if inexact: notes.append(f"{inexact} pixel{'s' * (inexact > 1)} not exactly a palette colour took the nearest class")
         georef = file_georef(fn)
     except ValueError as e: raise ValueError(str(e).replace(str(fn), name)) from e
-    notes = [f"{name}: {how}"]
-    if reader.colors is not None and reader is not synth.label_reader:
-        inexact = int((synth.palette[ids] != raw[..., :3]).any(-1).sum())
-        if inexact: notes.append(f"{inexact} pixel{'s' * (inexact > 1)} not exactly a palette colour took the nearest class")
     if ids.shape != synth.size:
         notes.append(f"{ids.shape[0]}x{ids.shape[1]} resized to the model's {synth.size[0]}x{synth.size[1]}")
-        ids = resize_labels(ids, synth.size)
+        ids = synth.resize_labels(torch.as_tensor(ids)).numpy().astype(np.uint8)
     if georef is not None: notes.append("georeferenced (the GeoTIFF download keeps it)")
     return {'ids': ids, 'message': '; '.join(notes), 'georef': georef}
 
@@ -189,7 +154,9 @@ def random_label_map(n_classes:int, # the model's number of classes
 
 # %% ../nbs/17_paint.ipynb #01ac11d4
 def _generate(synth, ids, **kwargs)->np.ndarray:
-    with torch.inference_mode(): return to_uint8(synth.generate(ids, **kwargs)[0] * 2 - 1)
+    "uint8 [n,H,W,3] images of `ids`; a painted map has no instance map: its class regions are the instances."
+    with torch.inference_mode():
+        return to_uint8(synth.generate(ids, instances=ids if synth.takes_instances else None, **kwargs)[0] * 2 - 1)
 
 def compare_precisions(synth:GauGANSynthesizer, # the model
                        ids:np.ndarray, # a label map to try
@@ -486,26 +453,3 @@ def paint(synth:GauGANSynthesizer, # the model
          )->PaintServer:
     "Serve the paint page for `synth` from this process, on 127.0.0.1; as a cell's result it shows the page inline."
     return PaintServer(Painter(synth, examples, name=name, precision=precision), '127.0.0.1', port, height=height).start()
-
-# %% ../nbs/17_paint.ipynb #67dc2f2f
-@call_parse
-def gaugan_paint(
-    model:str, # model file written by gaugan-train (or learn.export_synthesizer)
-    host:str='127.0.0.1', # address to listen on (127.0.0.1: this machine only)
-    port:int=8000, # port to listen on (0: a free one)
-    examples:str=None, # folder of label files (or a data set folder with labels/) for "random example"
-    precision:Annotated[str, {'choices': ['auto', 'fp32', 'bf16']}]='auto', # auto: bf16 where it keeps the picture
-    max_upload_mb:float=20., # the largest upload accepted, in MB
-    log:bool=False, # print a line per request
-    device:str=None, # e.g. cuda, cpu (default: the best available)
-):
-    "Serve a page to paint label maps and see the model's images follow each stroke."
-    with user_errors('gaugan-paint'):
-        synth = load_synthesizer(model, device)
-        painter = Painter(synth, examples, name=Path(model).name, precision=precision, max_upload_mb=max_upload_mb)
-        server = PaintServer(painter, host, port, log=log)
-    print(f"gaugan-paint: {Path(model).name} on {server.url} (Ctrl-C to stop)", flush=True)
-    print(f"gaugan-paint: computing in {painter.precision} on {synth.device}", flush=True)
-    try: server.serve_forever()
-    except KeyboardInterrupt: print("gaugan-paint: stopped")
-    finally: server.server_close()
