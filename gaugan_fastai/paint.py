@@ -183,25 +183,27 @@ class Painter:
                  examples:str|Path|None=None, # folder of label files to offer as examples (`None`: synthetic ones)
                  name:str='model', # what the page calls the model
                  precision:str='auto', # 'fp32', 'bf16', or 'auto': bf16 where `compare_precisions` says so
-                 max_upload_mb:float=20. # the largest upload accepted
+                 max_upload_mb:float=20., # the largest upload accepted
+                 compiled:bool=False # compile the generator (`fast_generator`): a slower start, faster strokes
                 ):
         if precision not in ('auto', 'fp32', 'bf16'): raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
         self.examples = None if examples is None else example_files(examples)
-        self.name, self.max_upload_bytes = name, int(max_upload_mb * 2**20)
+        self.name, self.max_upload_bytes, self.compiled = name, int(max_upload_mb * 2**20), compiled
         self.n_classes = len(synth.codes)
         self._model_lock, self._newest_lock, self._newest = threading.Lock(), threading.Lock(), {}
         test_map = random_label_map(self.n_classes, synth.size, 0)
         self.precision_check = compare_precisions(synth, test_map) if precision == 'auto' else None
         self.bf16 = self.precision_check['bf16'] if precision == 'auto' else precision == 'bf16'
-        self.synth = fast_synthesizer(synth, 'bf16' if self.bf16 else 'fp32')
-        self.generate(test_map)  # the first call in a thread is a slow one: not the first stroke's
+        self.synth = fast_synthesizer(synth, 'bf16' if self.bf16 else 'fp32', compiled=compiled)
+        self.generate(test_map)  # the first call (the compilation, with `compiled`) is a slow one: not the first stroke's
 
     @property
     def precision(self)->str:
         "How the model computes, and why."
         c = self.precision_check
-        if c is None: return f"{'bf16' if self.bf16 else 'fp32'} (as asked)"
-        return (f"{'bf16' if self.bf16 else 'fp32'} (a test map took {c['fp32_ms']:.0f} ms in fp32, {c['bf16_ms']:.0f} ms in "
+        name = ('bf16' if self.bf16 else 'fp32') + ', compiled' * self.compiled
+        if c is None: return f"{name} (as asked)"
+        return (f"{name} (a test map took {c['fp32_ms']:.0f} ms in fp32, {c['bf16_ms']:.0f} ms in "
                 f"bf16, whose pixels differed by up to {c['max_diff']} of 255 levels)")
 
     @property
