@@ -18,7 +18,7 @@ from fastprogress.fastprogress import progress_bar
 from .core import *
 from .data import GEOTIFF_SUFFIXES, read_georef
 from .formats import DATA_FORMATS, detect_format, data_loaders
-from .learner import gaugan_learner, NonFiniteLossError
+from .learner import gaugan_learner, GAN_STEPS, NonFiniteLossError
 from .checkpoints import CheckpointError, writable_file, writable_folder
 from .distributed import num_processes, launched_process_group, main_process_output
 from .losses import VGGLoss
@@ -79,6 +79,8 @@ def gaugan_train(
     bs:int=8, # batch size per process (N processes under torchrun or accelerate launch: batches of N x --bs)
     epochs:int=10, # epochs in total (with --resume: including those already done)
     lr:float=_learner['lr'], # peak base learning rate (generator lr/2, discriminator 2*lr)
+    steps:Annotated[str, {'choices': GAN_STEPS}]=_learner['steps'], # each batch trains one network (alternate) or both (paired; paired_reuse: the critic judges the generator step's images)
+    ema:float=_learner['ema'], # decay of an average of the generator's weights, exported for inference (e.g. 0.999; default: none)
     arch:Annotated[str, {'choices': _ARCHS}]='spade', # generator: SPADE (GauGAN), CLADE or the pix2pix U-Net
     precision:Annotated[str, {'choices': ['auto', *_PRECISIONS]}]='fp32', # training precision; auto: bf16 where the hardware computes it natively
     ngf:int=_learner['ngf'], # generator width
@@ -105,12 +107,14 @@ def gaugan_train(
         if vgg and arch != 'pix2pix':
             try: vgg = VGGLoss(lambda_vgg=_learner['lambda_vgg'], weights_path=vgg_weights)
             except RuntimeError as e: raise ValueError(f"{e} On the command line: --vgg-weights FILE, or --no-vgg.") from e
-        learn = gaugan_learner(dls, arch=arch, ngf=ngf, ndf=ndf, use_vae=vae, vgg=vgg, lr=lr, precision=precision,
+        learn = gaugan_learner(dls, arch=arch, ngf=ngf, ndf=ndf, use_vae=vae, vgg=vgg, lr=lr, steps=steps, ema=ema,
+                               precision=precision,
                                checkpoint='gaugan', path=Path(checkpoints).absolute(), model_dir='.')
         start = learn.resume() if resume else 0
         n = num_processes()
         print(f"Training {arch} on {len(dls.train_ds)} samples of {data} ({format} layout), {size}x{size}, "
-              f"batch {bs} per process x {n} process{'es' * (n > 1)} = {bs * n}, {precision}, on {dls.device}: "
+              f"batch {bs} per process x {n} process{'es' * (n > 1)} = {bs * n}, {precision}, {steps} steps"
+              f"{f', EMA decay {ema}' if ema else ''}, on {dls.device}: "
               f"epochs {start + 1}..{epochs}")
         if start < epochs:
             with learn.distrib_ctx(): learn.fit_one_cycle(epochs, lr, start_epoch=start)
@@ -282,13 +286,15 @@ def gaugan_paint(
     examples:str=None, # folder of label files (or a data set folder with labels/) for "random example"
     precision:Annotated[str, {'choices': ['auto', 'fp32', 'bf16']}]='auto', # auto: bf16 where it keeps the picture
     max_upload_mb:float=20., # the largest upload accepted, in MB
+    compile:bool=False, # compile the generator at start (seconds to a minute) for faster strokes (`fast_generator`)
     log:bool=False, # print a line per request
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
     "Serve a page to paint label maps and see the model's images follow each stroke."
     with user_errors('gaugan-paint'):
         synth = load_model(model, dataset, device)
-        painter = Painter(synth, examples, name=Path(model).name, precision=precision, max_upload_mb=max_upload_mb)
+        painter = Painter(synth, examples, name=Path(model).name, precision=precision, max_upload_mb=max_upload_mb,
+                          compiled=compile)
         server = PaintServer(painter, host, port, log=log)
     print(f"gaugan-paint: {Path(model).name} on {server.url} (Ctrl-C to stop)", flush=True)
     print(f"gaugan-paint: computing in {painter.precision} on {synth.device}", flush=True)

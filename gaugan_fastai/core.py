@@ -65,7 +65,7 @@ def seeded(seed:int|None, # the seed; `None` leaves the random state alone
 # %% ../nbs/00_core.ipynb #4bd08d80
 def plain(t:torch.Tensor)->torch.Tensor:
     "`t` as a plain `torch.Tensor`, without fastai's type tag (no copy)."
-    return t.as_subclass(torch.Tensor)
+    return t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor)  # no `as_subclass` where there is nothing to strip: `torch.compile` cannot trace it
 
 # %% ../nbs/00_core.ipynb #1bdb1a23
 def to_pixels(images:torch.Tensor # float images in [-1, 1] (values outside are clamped)

@@ -138,7 +138,8 @@ def detached_copy(module:nn.Module)->nn.Module:
 def fast_generator(net:nn.Module, # a trained generator: `SPADEGenerator` (CLADE too) or `UNetGenerator`
                    precision:str|None=None, # 'bf16' or 'fp32'; `None`: `fast_precision(device)`
                    channels_last:bool=False, # channels-last tensors
-                   device:str|torch.device|None=None # where it will run (`None`: where `net` is)
+                   device:str|torch.device|None=None, # where it will run (`None`: where `net` is)
+                   compiled:bool=False # compile it with inductor, weights frozen in (the first call compiles: seconds to a minute)
                   )->FastGenerator:
     "An inference-only copy of `net`: spectral norm baked in, SPADE `gamma|beta` convolutions stacked, in `precision`."
     device = get_device(device) if device is not None else next(net.parameters()).device
@@ -149,16 +150,18 @@ def fast_generator(net:nn.Module, # a trained generator: `SPADEGenerator` (CLADE
     for m in fuse(copied).modules():
         if type(m) is FusedSPADEResBlock: m.__class__ = FrozenSPADEResBlock; m.freeze()
     copied.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if compiled: copied = torch.compile(copied, options={'freezing': True})
     return FastGenerator(copied, dtype, channels_last)
 
 # %% ../nbs/09e_fast.ipynb #86fd1501
 def fast_synthesizer(synth:GauGANSynthesizer, # a trained synthesizer (e.g. `load_synthesizer(...)`, `learn.synthesizer()`)
                      precision:str|None=None, # 'bf16' or 'fp32'; `None`: `fast_precision(synth.device)`
-                     channels_last:bool=True # channels-last tensors (measured faster on this CPU: see below)
+                     channels_last:bool=True, # channels-last tensors (measured faster on this CPU: see below)
+                     compiled:bool=False # compile the generator with inductor (`fast_generator`)
                     )->GauGANSynthesizer:
     "A copy of `synth` that generates with `fast_generator`; `synth` itself is not changed (and can keep training)."
     g = synth.generator
-    net = fast_generator(g.net, precision, channels_last, synth.device)
+    net = fast_generator(g.net, precision, channels_last, synth.device, compiled)
     encoder = None if g.encoder is None else detached_copy(g.encoder).eval()
     fast = copy.copy(synth)  # every setting of `synth` (classes, palette, reader, dontcare, georeference...), a new generator
     fast.generator = ConditionalGenerator(net, encoder, takes_z=g.takes_z, z_dim=g.z_dim).eval()

@@ -29,9 +29,9 @@ from .checkpoints import SaveCheckpointCallback
 from .ema import WeightAverage, GeneratorEMA
 
 # %% auto #0
-__all__ = ['ConditionalGenerator', 'conditional_generator', 'GauGAN', 'GauGANLoss', 'LossTerm', 'GauGANTrainer', 'EachBatchTwice',
-           'PairedSteps', 'TTUR', 'gan_splitter', 'DeviceMixedPrecision', 'NonFiniteLossError', 'StopOnNonFinite',
-           'GauGANLearner', 'gaugan_learner']
+__all__ = ['GAN_STEPS', 'ConditionalGenerator', 'conditional_generator', 'GauGAN', 'GauGANLoss', 'LossTerm', 'GauGANTrainer',
+           'EachBatchTwice', 'PairedSteps', 'TTUR', 'gan_splitter', 'DeviceMixedPrecision', 'NonFiniteLossError',
+           'StopOnNonFinite', 'GauGANLearner', 'gaugan_learner']
 
 # %% ../nbs/08_learner.ipynb #cc017c08
 class ConditionalGenerator(Module):
@@ -362,6 +362,8 @@ class GauGANLearner(Learner):
         return self._saver().resume()
 
 # %% ../nbs/08_learner.ipynb #605bddb5
+GAN_STEPS = ('alternate', 'paired', 'paired_reuse') # what one batch trains: one network (alternating), or both (`PairedSteps`)
+
 @delegates(Learner.__init__, but=['loss_func', 'opt_func', 'splitter', 'metrics', 'moms', 'wd'])
 def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, instances], images)`
                    arch:str='spade', # 'spade', 'clade' or 'pix2pix'
@@ -396,8 +398,7 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                   )->GauGANLearner:
     "A fastai `Learner` training GauGAN (`arch='spade'`), CLADE or the pix2pix baseline on `dls`."
     if precision not in ('fp32', 'bf16', 'fp16'): raise ValueError(f"precision {precision!r} is not one of fp32, bf16, fp16")
-    if steps not in ('alternate', 'paired', 'paired_reuse'):
-        raise ValueError(f"steps {steps!r} is not one of 'alternate', 'paired', 'paired_reuse'")
+    if steps not in GAN_STEPS: raise ValueError(f"steps {steps!r} is not one of {', '.join(map(repr, GAN_STEPS))}")
     if steps != 'alternate' and (n_crit != 1 or switcher is not None):
         raise ValueError(f"steps={steps!r} takes one generator and one critic step per batch: n_crit and switcher are for steps='alternate'")
     for name, v in dict(ngf=ngf, ndf=ndf, z_dim=z_dim, num_D=num_D, n_layers_D=n_layers_D).items():

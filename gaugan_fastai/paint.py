@@ -8,6 +8,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/paint.html.md"""
 # %% ../nbs/17_paint.ipynb #dcb29220
 from __future__ import annotations
 import base64, importlib.resources, io, json, math, socket, sys, tempfile, threading, time, traceback
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit, parse_qs, unquote
@@ -183,25 +184,28 @@ class Painter:
                  examples:str|Path|None=None, # folder of label files to offer as examples (`None`: synthetic ones)
                  name:str='model', # what the page calls the model
                  precision:str='auto', # 'fp32', 'bf16', or 'auto': bf16 where `compare_precisions` says so
-                 max_upload_mb:float=20. # the largest upload accepted
+                 max_upload_mb:float=20., # the largest upload accepted
+                 compiled:bool=False # compile the generator (`fast_generator`): a slower start, faster strokes
                 ):
         if precision not in ('auto', 'fp32', 'bf16'): raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
         self.examples = None if examples is None else example_files(examples)
-        self.name, self.max_upload_bytes = name, int(max_upload_mb * 2**20)
+        self.name, self.max_upload_bytes, self.compiled = name, int(max_upload_mb * 2**20), compiled
         self.n_classes = len(synth.codes)
         self._model_lock, self._newest_lock, self._newest = threading.Lock(), threading.Lock(), {}
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix='gaugan-model')  # see `generate`
         test_map = random_label_map(self.n_classes, synth.size, 0)
         self.precision_check = compare_precisions(synth, test_map) if precision == 'auto' else None
         self.bf16 = self.precision_check['bf16'] if precision == 'auto' else precision == 'bf16'
-        self.synth = fast_synthesizer(synth, 'bf16' if self.bf16 else 'fp32')
-        self.generate(test_map)  # the first call in a thread is a slow one: not the first stroke's
+        self.synth = fast_synthesizer(synth, 'bf16' if self.bf16 else 'fp32', compiled=compiled)
+        self.generate(test_map)  # the first call (the compilation, with `compiled`) is a slow one: not the first stroke's
 
     @property
     def precision(self)->str:
         "How the model computes, and why."
         c = self.precision_check
-        if c is None: return f"{'bf16' if self.bf16 else 'fp32'} (as asked)"
-        return (f"{'bf16' if self.bf16 else 'fp32'} (a test map took {c['fp32_ms']:.0f} ms in fp32, {c['bf16_ms']:.0f} ms in "
+        name = ('bf16' if self.bf16 else 'fp32') + ', compiled' * self.compiled
+        if c is None: return f"{name} (as asked)"
+        return (f"{name} (a test map took {c['fp32_ms']:.0f} ms in fp32, {c['bf16_ms']:.0f} ms in "
                 f"bf16, whose pixels differed by up to {c['max_diff']} of 255 levels)")
 
     @property
@@ -222,8 +226,11 @@ class Painter:
                  n:int=1, # images (one style code each)
                  style:np.ndarray|None=None # a style photo uint8 [H,W,3] (models with a style encoder)
                 )->np.ndarray: # uint8 [n,H,W,3]
-        "The model's `n` images for label map `ids`."
-        return _generate(self.synth, check_ids(ids, self.n_classes), style=style, n=n, seed=seed)
+        "The model's `n` images for label map `ids`, computed on the painter's one model thread."
+        # The server answers each request on a new thread; torch's thread pool (and a compiled model's) would start
+        # afresh on each, which cost 30-50 ms per stroke at 256x256 on 2 cores: one long-lived thread computes instead.
+        ids = check_ids(ids, self.n_classes)
+        return self._model_thread.submit(_generate, self.synth, ids, style=style, n=n, seed=seed).result()
 
     def generate_latest(self, client:str, # the page asking
                         seq:int, # its request number: higher is newer

@@ -49,6 +49,14 @@ def test_train_writes_model_and_checkpoint(work):
     assert synth.size == (32, 32) and synth.codes == LANDCOVER_CLASSES
     assert (work/'checkpoints'/'gaugan_0.pth').is_file()
 
+def test_train_with_paired_reuse_steps_and_weight_average(work, tmp_path, capsys):
+    "--steps and --ema reach the learner: the exported model holds the average, updated once per generator step."
+    gaugan_train(str(work/'data'), epochs=1, steps='paired_reuse', ema=0.9, out=str(tmp_path/'ema.pth'),
+                 checkpoints=str(tmp_path/'checkpoints'), size=32, bs=4, ngf=8, ndf=8, vgg=False, workers=0, device='cpu')
+    assert 'paired_reuse steps, EMA decay 0.9' in capsys.readouterr().out
+    batches = len(data_loaders(work/'data', size=32, bs=4, seed=0, num_workers=0, device='cpu').train)
+    assert load_synthesizer(tmp_path/'ema.pth', 'cpu').ema == dict(decay=0.9, warmup=True, updates=batches)
+
 def _weights(fn): return torch.load(fn, map_location='cpu', weights_only=False)['model']
 
 def test_resume_continues_from_the_newest_checkpoint(work):
