@@ -19,7 +19,7 @@ nothing of the data set is written into the repository. The reference is only ru
 (CC BY-NC-SA) is not ours.
 """
 from __future__ import annotations
-import argparse, copy, json, os, platform, resource, subprocess, sys, time
+import argparse, copy, json, os, textwrap, platform, resource, subprocess, sys, time
 from pathlib import Path
 import numpy as np, torch
 from PIL import Image
@@ -213,7 +213,7 @@ def score(args):
                                      'segmenter_frechet_distance', 'color_spread', 'real_color_spread', 'n_images')}))
             scores.write_text(json.dumps(run_rows, indent=1))
         if info['seed'] in (0, None): # the pictures: seed 0 of each setting
-            columns[info['name']] = variants['ema' if 'ema' in variants else 'reference']()(labels, seed=0)
+            columns[textwrap.fill(info['name'].replace('_', ' '), 13)] = variants['ema' if 'ema' in variants else 'reference']()(labels, seed=0)
         rows += run_rows
         for r in run_rows: print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != 'setting'}, flush=True)
     cal = calibration(args.work)
