@@ -298,6 +298,12 @@ class SaveCheckpointCallback(Callback):
     def _restore(self, r):
         "Put back the state of the run at the end of the resumed epoch that `fit` set afresh."
         states, rank = r['rng'], rank_distrib()
+        saved, now = len(states), dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if saved != now and is_main_process():
+            print(f"The checkpoint was written by {saved} process{'es' * (saved > 1)} and this run has {now}: it goes on with "
+                  f"batches of {now} x {self.dls.bs} instead of {saved} x {self.dls.bs}, and "
+                  + (f"processes {saved}..{now - 1} start from their own random states" if now > saved
+                     else f"the random states of processes {now}..{saved - 1} are not used"))
         if rank < len(states): # a process the checkpoint has no state for (more processes than it saved) keeps its own
             rng = states[rank]
             for dl, s in zip(self.dls.loaders, rng['loaders']): dl.rng.setstate((s[0], tuple(s[1]), s[2]))

@@ -9,7 +9,7 @@ moves by about +-lr whatever the size of its gradient) turn rounding differences
 lr-sized ones, and after 8 steps images differed by 5e-4 and single weights by 0.018 (nbs/08c_distributed.ipynb
 measures it). Two more launches run `gaugan-train` itself: two epochs under `torchrun`, then epoch 1 again, resumed
 under `accelerate launch` from epoch 0's checkpoint, which must end bit for bit where the uninterrupted run did (each
-process restores its own random states); two more train from a function through Accelerate's `notebook_launcher`,
+process restores its own random states); two more resume a two-process run on one process; two more train from a function through Accelerate's `notebook_launcher`,
 as a notebook would: with the default scheme, and with both networks stepped on each batch plus an EMA average.
 77 s in all on this 2-core CPU (shared with other jobs)."""
 import json, os, socket, subprocess, sys
@@ -132,6 +132,15 @@ def test_gaugan_train_under_torchrun_then_resumed_under_accelerate(land):
     for r in range(2): assert torch.equal(full['rng'][r]['torch'], resumed['rng'][r]['torch'])
     from gaugan_fastai.inference import load_synthesizer
     assert load_synthesizer(land/'resumed.pth', 'cpu').size == (32, 32)
+
+def test_resume_on_another_number_of_processes_says_what_changes(land):
+    "A run of two processes, resumed on one (fewer machines free), goes on and says that its batches and random states change."
+    launch(*TWO, '--no-python', BIN/'gaugan-train', 'data', '--epochs', 2, '--checkpoints', 'elastic', '--out', 'two.pth', *TINY, cwd=land)
+    (land/'elastic'/'gaugan_1.pth').unlink()  # killed during epoch 1
+    p = launch(BIN/'gaugan-train', 'data', '--epochs', 2, '--resume', '--checkpoints', 'elastic', '--out', 'one.pth', *TINY, cwd=land)
+    assert ("The checkpoint was written by 2 processes and this run has 1: it goes on with batches of 1 x 2 instead of "
+            "2 x 2, and the random states of processes 1..1 are not used") in p.stdout, p.stdout
+    assert 'epochs 2..2' in p.stdout and (land/'one.pth').is_file()
 
 NOTEBOOK = """
 import os, sys, torch
