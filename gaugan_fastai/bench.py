@@ -87,7 +87,7 @@ def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
                  use_vae:bool=True, # with the style encoder and KL term
                  vgg:bool=True, # with the VGG loss (random weights: same compute)
                  n_classes:int=8, # classes of the synthetic label maps
-                 n_iters:int=10, # timed iterations (one generator and one critic step each)
+                 n_iters:int=10, # timed iterations (one generator step and its critic steps each)
                  warmup:int=2, # untimed iterations first
                  fast_generation:bool=False, # generate with `fast_synthesizer` (in `precision`) instead of the trained synthesizer
                  device:str|torch.device|None=None, # `None`: the best available
@@ -95,12 +95,14 @@ def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
                 )->dict:
     "Training images/s, peak memory and batch-1 generation latency of a GauGAN configuration on this machine."
     device = get_device(device)
-    dls = synthetic_dls(n_classes, size, bs, 2 * (warmup + n_iters), device)
+    alternate = kwargs.get('steps', 'alternate') == 'alternate'
+    steps_per_iter = 1 + kwargs.get('n_crit', 1) # generator step + critic steps
+    dls = synthetic_dls(n_classes, size, bs, (steps_per_iter if alternate else 1) * (warmup + n_iters), device) # paired: both steps on one batch
     learn = gaugan_learner(dls, arch=arch, ngf=ngf, use_vae=use_vae, vgg=VGGLoss(pretrained=False) if vgg else False,
                            precision=precision, checkpoint=None, **kwargs)
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     else: _reset_peak_rss()
-    timer = _IterTimer(2 * warmup)
+    timer = _IterTimer(steps_per_iter * warmup)
     with learn.no_logging(), learn.no_bar(): learn.fit(1, cbs=timer)
     peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else _peak_rss()
     synth, labels = learn.synthesizer(), dls.one_batch()[0][:1]
@@ -115,8 +117,8 @@ def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
             _sync(device); times.append(time.perf_counter() - t0)
     return {'arch': arch, 'size': size, 'bs': bs, 'precision': precision, 'fast_generation': fast_generation, 'ngf': ngf, 'use_vae': use_vae, 'vgg': vgg,
             'device': str(device), 'threads': torch.get_num_threads(), **kwargs, 'timed_steps': timer.steps,
-            'train_images_per_s': _sig(n_iters * bs / timer.elapsed),
-            'train_s_per_iter': _sig(timer.elapsed / n_iters), 'peak_memory_gb': round(peak / 2**30, 3),
+            'train_images_per_s': _sig(timer.steps['generator'] * bs / timer.elapsed),
+            'train_s_per_iter': _sig(timer.elapsed / timer.steps['generator']), 'peak_memory_gb': round(peak / 2**30, 3),
             'peak_memory_kind': 'cuda allocated' if device.type == 'cuda' else 'process max RSS',
             'generate_latency_ms': round(1000 * float(np.median(times[warmup:])), 2)}
 
@@ -126,9 +128,9 @@ def bench_plain_fast(device:str|torch.device|None=None, # `None`: the best avail
                     )->dict:
     "`bench_gaugan` of the plain float32 path and of the fast path on the same setup, and their ratios (fast vs plain)."
     device = get_device(device)
-    if 'precision' in kwargs or 'fast_generation' in kwargs:
-        raise TypeError("bench_plain_fast: precision and fast_generation are what it compares; give the setup only")
-    plain = bench_gaugan(precision='fp32', device=device, **kwargs)
+    if {'precision', 'fast_generation', 'channels_last', 'fused_adam'} & set(kwargs):
+        raise TypeError("bench_plain_fast: precision, fast_generation, channels_last and fused_adam are what it compares; give the setup only")
+    plain = bench_gaugan(precision='fp32', channels_last=False, fused_adam=False, device=device, **kwargs)
     fast = bench_gaugan(precision=fast_precision(device), fast_generation=True, device=device, **kwargs)
     return {'plain': plain, 'fast': fast,
             'train_speedup': round(fast['train_images_per_s'] / plain['train_images_per_s'], 2),

@@ -387,7 +387,8 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                    switcher:Callback|None=None, # e.g. `AdaptiveGANSwitcher(...)`, instead of `FixedGANSwitcher` ('alternate' only)
                    ema:float|None=None, # decay of an average of the generator's weights used for inference (`WeightAverage`); `None`: none
                    precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
-                   channels_last:bool|None=None, # channels-last memory format; `None`: on CUDA only
+                   channels_last:bool=True, # channels-last memory format (measured faster on CUDA and on this CPU: `gaugan_fastai.fast`)
+                   fused_adam:bool=True, # Adam as one fused kernel for all parameters (the same math as its loop)
                    checkpoint:str|None='gaugan', # checkpoint name (saved each epoch), `None` for no checkpoints
                    init_type:str|None='xavier', # weight initialization of SPADE/CLADE, encoder and critic (`init_weights`)
                    init_gain:float=0.02, # its gain (the reference's `init_variance`)
@@ -425,16 +426,17 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                                                     init_type=init_type, init_gain=init_gain))
     model = GauGAN(generator, critic, dls.c, dontcare_channel, None if ema is None else WeightAverage(generator, ema))
     loss = GauGANLoss(model, lambda_fm, lambda_kl, lambda_l1, vgg)
+    if channels_last and vgg is not None: vgg.to(memory_format=torch.channels_last)  # `ChannelsLast` converts the model only
     run_settings = dict(settings, ndf=ndf, num_D=num_D, n_layers_D=n_layers_D, precision=precision, lambda_fm=lambda_fm,
                         lambda_kl=lambda_kl, lambda_l1=lambda_l1, lambda_vgg=getattr(vgg, 'lambda_vgg', None if vgg is None else 1.),
                         ttur=ttur, betas=betas, switcher=type(switcher).__name__ if switcher else f'FixedGANSwitcher(n_crit={n_crit})',
                         init_type=init_type, init_gain=init_gain, steps=steps, ema=ema)  # what a checkpoint's fingerprint records of the model
-    on_cuda = dls.device is not None and torch.device(dls.device).type == 'cuda'
     turns = ifnone(switcher, FixedGANSwitcher(n_crit=n_crit, n_gen=1)) if steps == 'alternate' else PairedSteps(reuse=steps == 'paired_reuse')
     cbs = [GauGANTrainer(), turns, TTUR(ttur), StopOnNonFinite()] + ([GeneratorEMA()] if ema is not None else [])\
           + ([SaveCheckpointCallback(checkpoint, run_settings)] if checkpoint else [])\
-          + ([ChannelsLast()] if ifnone(channels_last, on_cuda) else []) + L(cbs)
-    learn = GauGANLearner(dls, model, loss_func=loss, opt_func=partial(OptimWrapper, opt=torch.optim.Adam, betas=betas),
+          + ([ChannelsLast()] if channels_last else []) + L(cbs)
+    adam = partial(torch.optim.Adam, fused=True) if fused_adam else torch.optim.Adam
+    learn = GauGANLearner(dls, model, loss_func=loss, opt_func=partial(OptimWrapper, opt=adam, betas=betas),
                           lr=lr, wd=0., moms=(betas[0],)*3, splitter=gan_splitter,
                           metrics=[LossTerm(n) for n in loss.generator_terms + list(loss.critic_terms)],
                           cbs=cbs, **kwargs)

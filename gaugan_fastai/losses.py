@@ -7,6 +7,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/losses.html.md"""
 
 # %% ../nbs/06_losses.ipynb #5570b5f5
 from __future__ import annotations
+import copy
 from pathlib import Path
 import torch
 from torch import nn
@@ -116,13 +117,22 @@ class VGGLoss(nn.Module):
                 ):
         super().__init__()
         self.lambda_vgg, self.imagenet_normalize = lambda_vgg, imagenet_normalize
-        self.vgg = VGG19Features(pretrained, weights_path)
+        self.vgg, self._cast = VGG19Features(pretrained, weights_path), {}
         self.register_buffer('mean', torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
 
     def features(self, x):
         if self.imagenet_normalize: x = ((x + 1) / 2 - self.mean) / self.std
-        return self.vgg(x)
+        return self.network(x.device.type)(x)
+
+    def network(self, device_type:str # where the loss computes: 'cpu', 'cuda', ...
+               )->nn.Module:
+        "The VGG to compute with: `vgg` in float32, or under autocast a copy in autocast's dtype (made once, where autocast would cast every call)."
+        if not torch.is_autocast_enabled(device_type): return self.vgg
+        w = self.vgg.slices[0][0].weight
+        key = (w.device, torch.get_autocast_dtype(device_type), w._version)  # `_version` moves when weights are loaded
+        if self._cast.get('key') != key: self._cast = {'key': key, 'vgg': copy.deepcopy(self.vgg).to(key[1])}
+        return self._cast['vgg']
 
     def forward(self, fake:torch.Tensor, # generated images in [-1, 1], [bs, 3, H, W]
                 real:torch.Tensor # the real images, same shape (targets: no gradient)
