@@ -387,7 +387,7 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                    switcher:Callback|None=None, # e.g. `AdaptiveGANSwitcher(...)`, instead of `FixedGANSwitcher` ('alternate' only)
                    ema:float|None=None, # decay of an average of the generator's weights used for inference (`WeightAverage`); `None`: none
                    precision:str='fp32', # 'fp32', 'bf16' or 'fp16'
-                   channels_last:bool=True, # channels-last memory format (measured faster on CUDA and on this CPU: `gaugan_fastai.fast`)
+                   channels_last:bool=True, # channels-last memory format (measured faster on a CPU in `gaugan_fastai.fast`; what CUDA tensor cores want)
                    fused_adam:bool=True, # Adam as one fused kernel for all parameters (the same math as its loop)
                    checkpoint:str|None='gaugan', # checkpoint name (saved each epoch), `None` for no checkpoints
                    init_type:str|None='xavier', # weight initialization of SPADE/CLADE, encoder and critic (`init_weights`)

@@ -7,7 +7,8 @@ drifts by tens of percent within minutes, so both measurements interleave what t
 - **levers**: one learner per configuration in one process, then `--rounds` rounds in which each learner trains one
   short epoch (3 iterations) in turn; a slow spell falls on neighbouring epochs of every configuration alike.
 - **reference**: the NVlabs/SPADE reference next to the plain and fast paths, each a fresh process (`bench_gaugan`;
-  the reference through `--reference-cmd`), one after another in `--rounds` rounds.
+  the reference through `--reference-cmd`), one after another, in half as many rounds (at least 2): each takes
+  longer.
 
   python nbs/results/learner_speed.py [--rounds 6] [--reference-cmd CMD]
 
