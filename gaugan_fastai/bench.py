@@ -128,10 +128,10 @@ def bench_plain_fast(device:str|torch.device|None=None, # `None`: the best avail
                     )->dict:
     "`bench_gaugan` of the plain float32 path and of the fast path on the same setup, and their ratios (fast vs plain)."
     device = get_device(device)
-    if {'precision', 'fast_generation', 'channels_last', 'fused_adam'} & set(kwargs):
-        raise TypeError("bench_plain_fast: precision, fast_generation, channels_last and fused_adam are what it compares; give the setup only")
-    plain = bench_gaugan(precision='fp32', channels_last=False, fused_adam=False, device=device, **kwargs)
-    fast = bench_gaugan(precision=fast_precision(device), fast_generation=True, device=device, **kwargs)
+    if {'precision', 'fast_generation', 'channels_last', 'fused_adam', 'steps'} & set(kwargs):
+        raise TypeError("bench_plain_fast: precision, fast_generation, channels_last, fused_adam and steps are what it compares; give the setup only")
+    plain = bench_gaugan(precision='fp32', channels_last=False, fused_adam=False, steps='paired', device=device, **kwargs)
+    fast = bench_gaugan(precision=fast_precision(device), fast_generation=True, steps='critic_first', device=device, **kwargs)
     return {'plain': plain, 'fast': fast,
             'train_speedup': round(fast['train_images_per_s'] / plain['train_images_per_s'], 2),
             'generate_speedup': round(plain['generate_latency_ms'] / fast['generate_latency_ms'], 2),

@@ -79,7 +79,7 @@ def gaugan_train(
     bs:int=8, # batch size per process (N processes under torchrun or accelerate launch: batches of N x --bs)
     epochs:int=10, # epochs in total (with --resume: including those already done)
     lr:float=_learner['lr'], # peak base learning rate (generator lr/2, discriminator 2*lr)
-    steps:Annotated[str, {'choices': GAN_STEPS}]=_learner['steps'], # each batch trains one network (alternate) or both (paired; paired_reuse: the critic judges the generator step's images)
+    steps:Annotated[str, {'choices': GAN_STEPS}]=_learner['steps'], # each batch trains one network (alternate) or both (paired; paired_reuse: the critic judges the generator step's images; critic_first: one generator pass for both steps)
     ema:float=_learner['ema'], # decay of an average of the generator's weights, exported for inference (e.g. 0.999; default: none)
     arch:Annotated[str, {'choices': _ARCHS}]='spade', # generator: SPADE (GauGAN), CLADE or the pix2pix U-Net
     precision:Annotated[str, {'choices': ['auto', *_PRECISIONS]}]='fp32', # training precision; auto: bf16 where the hardware computes it natively

@@ -141,9 +141,9 @@ class GauGAN(GANModule):
 
     def forward(self, *xb):
         "Generator mode: the generated images. Critic mode: critic features of (fake, real), for fakes made now or given."
-        if not self.gen_mode and isinstance(xb[-1], dict): # a generator-mode output to judge (`PairedSteps(reuse=True)`)
+        if isinstance(xb[-1], dict): # a generator-mode output made earlier (`PairedSteps`): returned, or judged detached
             *_, real, generated = xb
-            return self.discriminate(generated['seg'], generated['fake'], real)
+            return generated if self.gen_mode else self.discriminate(generated['seg'], generated['fake'].detach(), real)
         seg, style = self.generator_inputs(*xb)
         real = xb[-1]
         if self.gen_mode: return {**self.network('generator')(seg, style), 'seg': seg}
@@ -235,17 +235,25 @@ class EachBatchTwice:
         return getattr(self.dl, name)
 
 class PairedSteps(Callback):
-    "A generator step, then a critic step, on every training batch; with `reuse`, the critic judges the generator step's images."
+    "Both networks step on every training batch: the generator first ('paired', 'paired_reuse') or the critic first ('critic_first')."
+    order = MixedPrecision.order + 0.5 # after autocast is entered: 'critic_first' runs the generator in `before_batch`
     run_after = GauGANTrainer # whose `before_batch` appends the real photo to the inputs
-    def __init__(self, reuse:bool=False # judge the generator step's images (detached) instead of generating new ones
-                ): self.reuse, self.generated = reuse, None
+    def __init__(self, scheme:str='paired' # 'paired', 'paired_reuse' or 'critic_first' (see `GAN_STEPS`)
+                ):
+        if scheme not in ('paired', 'paired_reuse', 'critic_first'): raise ValueError(f"PairedSteps: unknown scheme {scheme!r}")
+        self.scheme, self.generated = scheme, None
     def before_train(self): self.learn.dl = EachBatchTwice(self.dl)
     def before_batch(self):
         if not self.training: return
-        self.gan_trainer.switch(gen_mode=self.iter % 2 == 0)
-        if self.reuse and not self.gan_trainer.gen_mode: self.learn.xb, self.generated = (*self.xb, self.generated), None
+        first, critic_first = self.iter % 2 == 0, self.scheme == 'critic_first'
+        if first and critic_first: # one generator pass for both steps; its graph waits for the generator step
+            self.gan_trainer.switch(gen_mode=True)
+            self.generated = self.model(*self.xb)
+        self.gan_trainer.switch(gen_mode=first != critic_first)
+        if self.generated is not None: self.learn.xb = (*self.xb, self.generated)
+        if not first: self.generated = None
     def after_pred(self):
-        if self.reuse and self.training and self.gan_trainer.gen_mode:
+        if self.scheme == 'paired_reuse' and self.training and self.gan_trainer.gen_mode:
             self.generated = {'fake': self.pred['fake'].detach(), 'seg': self.pred['seg']}
 
 # %% ../nbs/08_learner.ipynb #ac3e42f9
@@ -362,7 +370,7 @@ class GauGANLearner(Learner):
         return self._saver().resume()
 
 # %% ../nbs/08_learner.ipynb #605bddb5
-GAN_STEPS = ('alternate', 'paired', 'paired_reuse') # what one batch trains: one network (alternating), or both (`PairedSteps`)
+GAN_STEPS = ('alternate', 'paired', 'paired_reuse', 'critic_first') # what one batch trains: one network (alternating), or both (`PairedSteps`)
 
 @delegates(Learner.__init__, but=['loss_func', 'opt_func', 'splitter', 'metrics', 'moms', 'wd'])
 def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, instances], images)`
@@ -382,7 +390,7 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                    lr:float=2e-4, # base learning rate (generator gets lr*ttur[0], critic lr*ttur[1])
                    ttur:tuple=(0.5, 2.), # learning-rate multipliers (generator, critic); (1, 1) turns TTUR off
                    betas:tuple=(0., 0.9), # Adam betas; beta1 stays betas[0] under every fastai schedule
-                   steps:str='alternate', # each batch trains one network ('alternate'), or both: 'paired', 'paired_reuse' (`PairedSteps`)
+                   steps:str='alternate', # each batch trains one network ('alternate'), or both: 'paired', 'paired_reuse', 'critic_first' (`PairedSteps`)
                    n_crit:int=1, # critic steps per generator step (with the default switcher; 'alternate' only)
                    switcher:Callback|None=None, # e.g. `AdaptiveGANSwitcher(...)`, instead of `FixedGANSwitcher` ('alternate' only)
                    ema:float|None=None, # decay of an average of the generator's weights used for inference (`WeightAverage`); `None`: none
@@ -431,7 +439,7 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                         lambda_kl=lambda_kl, lambda_l1=lambda_l1, lambda_vgg=getattr(vgg, 'lambda_vgg', None if vgg is None else 1.),
                         ttur=ttur, betas=betas, switcher=type(switcher).__name__ if switcher else f'FixedGANSwitcher(n_crit={n_crit})',
                         init_type=init_type, init_gain=init_gain, steps=steps, ema=ema)  # what a checkpoint's fingerprint records of the model
-    turns = ifnone(switcher, FixedGANSwitcher(n_crit=n_crit, n_gen=1)) if steps == 'alternate' else PairedSteps(reuse=steps == 'paired_reuse')
+    turns = ifnone(switcher, FixedGANSwitcher(n_crit=n_crit, n_gen=1)) if steps == 'alternate' else PairedSteps(steps)
     cbs = [GauGANTrainer(), turns, TTUR(ttur), StopOnNonFinite()] + ([GeneratorEMA()] if ema is not None else [])\
           + ([SaveCheckpointCallback(checkpoint, run_settings)] if checkpoint else [])\
           + ([ChannelsLast()] if channels_last else []) + L(cbs)

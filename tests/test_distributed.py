@@ -167,11 +167,12 @@ def test_notebook_launcher_trains_on_two_processes(land):
     w0, w1 = r0['weights'], r1['weights']
     assert not [k for k in w0 if not torch.equal(w0[k], w1[k])]
 
-def test_paired_steps_and_weight_average_on_two_processes(land):
-    "main's training schemes under DDP: both networks stepped on each batch, reusing its images, and an EMA of the generator."
-    (land/'paired').mkdir()
-    launch(sys.executable, '-c', NOTEBOOK, land/'data', 'paired_reuse', 0.9, cwd=land/'paired')
-    r0, r1 = (torch.load(land/'paired'/f'weights_rank{r}.pt') for r in (0, 1))
+@pytest.mark.parametrize('steps', ['paired_reuse', 'critic_first'])
+def test_paired_steps_and_weight_average_on_two_processes(land, steps):
+    "Training schemes under DDP: both networks stepped on each batch, sharing one generator pass, and an EMA of the generator."
+    (land/steps).mkdir()
+    launch(sys.executable, '-c', NOTEBOOK, land/'data', steps, 0.9, cwd=land/steps)
+    r0, r1 = (torch.load(land/steps/f'weights_rank{r}.pt') for r in (0, 1))
     assert r0['steps'] == r1['steps'] == 4, (r0['steps'], r1['steps']) # 2 batches per process, each trains both networks
     w0, w1 = r0['weights'], r1['weights']
     assert not [k for k in w0 if not torch.equal(w0[k], w1[k])] # the ranks agree, the average's weights included

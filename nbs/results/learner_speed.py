@@ -29,9 +29,10 @@ LEVERS = { # name: `gaugan_learner` arguments
     'bf16, channels-last': dict(precision='bf16', fused_adam=False),
     'bf16, fused Adam': dict(precision='bf16', channels_last=False),
     'fast bf16': dict(precision='bf16'),
+    'fast bf16, critic_first steps': dict(precision='bf16', steps='critic_first'),
     'fast bf16, paired_reuse steps': dict(precision='bf16', steps='paired_reuse'),
 }
-NEXT_TO_REFERENCE = ['plain fp32', 'fast bf16', 'fast bf16, paired_reuse steps']
+NEXT_TO_REFERENCE = ['plain fp32', 'fast bf16', 'fast bf16, critic_first steps', 'fast bf16, paired_reuse steps']
 
 def images_per_s(learn, iters:int)->float:
     "Train `learn` one epoch, return its training images/s (`iters` iterations of `bs` images)."
