@@ -246,6 +246,7 @@ class PairedSteps(Callback):
     def before_batch(self):
         if not self.training: return
         first, critic_first = self.iter % 2 == 0, self.scheme == 'critic_first'
+        if first: self.generated = None # nothing carries over from another batch (e.g. one whose step was cancelled)
         if first and critic_first: # one generator pass for both steps; its graph waits for the generator step
             self.gan_trainer.switch(gen_mode=True)
             self.generated = self.model(*self.xb)
