@@ -68,15 +68,15 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS reports bytes
 
 class _IterTimer(Callback):
-    "Time the training batches from batch `start` to the end of the epoch, and count the steps of each network."
-    order = 100
+    "Time the training batches from batch `start` to the end of the training part of the epoch, and count the steps of each network."
+    order = -5 # its clock starts before other callbacks' work on the batch (`PairedSteps` may run the generator in `before_batch`)
     def __init__(self, start): self.start = start
     def before_batch(self):
         if self.training and self.iter == self.start:
             _sync(self.dls.device); self.t0, self.steps = time.perf_counter(), {'generator': 0, 'critic': 0}
     def after_batch(self):
         if self.training and self.iter >= self.start: self.steps['generator' if self.model.gen_mode else 'critic'] += 1
-    def after_epoch(self): _sync(self.dls.device); self.elapsed = time.perf_counter() - self.t0
+    def after_train(self): _sync(self.dls.device); self.elapsed = time.perf_counter() - self.t0 # the validation pass is not timed
 
 # %% ../nbs/09b_bench.ipynb #f6c08bd5
 def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'

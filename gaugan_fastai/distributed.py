@@ -142,7 +142,7 @@ def _ddp(net:nn.Module, device:torch.device)->DistributedDataParallel:
 
 class DistributedGauGAN(Callback):
     "Train a `GauGAN` learner on every process of a launch: each network in its own DDP wrapper, a shard of the data each, losses averaged."
-    order = 11.5 # after `ChannelsLast` (11) set the memory format; before `StopOnNonFinite` (12) checks the averaged loss
+    order = 11.5 # after `ChannelsLast` (-1) set the memory format; before `StopOnNonFinite` (12) checks the averaged loss
     def before_fit(self):
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         device, model = torch.device(ifnone(self.dls.device, 'cpu')), self.learn.model

@@ -234,13 +234,15 @@ class EachBatchTwice:
         if name == 'dl': raise AttributeError(name) # not set yet (e.g. while unpickling)
         return getattr(self.dl, name)
 
+GAN_STEPS = ('alternate', 'paired', 'paired_reuse', 'critic_first') # what one batch trains: one network (alternating), or both (`PairedSteps`)
+
 class PairedSteps(Callback):
     "Both networks step on every training batch: the generator first ('paired', 'paired_reuse') or the critic first ('critic_first')."
     order = MixedPrecision.order + 0.5 # after autocast is entered: 'critic_first' runs the generator in `before_batch`
     run_after = GauGANTrainer # whose `before_batch` appends the real photo to the inputs
-    def __init__(self, scheme:str='paired' # 'paired', 'paired_reuse' or 'critic_first' (see `GAN_STEPS`)
+    def __init__(self, scheme:str='paired' # one of `GAN_STEPS` but 'alternate'
                 ):
-        if scheme not in ('paired', 'paired_reuse', 'critic_first'): raise ValueError(f"PairedSteps: unknown scheme {scheme!r}")
+        if scheme not in GAN_STEPS[1:]: raise ValueError(f"PairedSteps: scheme {scheme!r} is not one of {', '.join(map(repr, GAN_STEPS[1:]))}")
         self.scheme, self.generated = scheme, None
     def before_train(self): self.learn.dl = EachBatchTwice(self.dl)
     def before_batch(self):
@@ -250,12 +252,14 @@ class PairedSteps(Callback):
         if first and critic_first: # one generator pass for both steps; its graph waits for the generator step
             self.gan_trainer.switch(gen_mode=True)
             self.generated = self.model(*self.xb)
-        self.gan_trainer.switch(gen_mode=first != critic_first)
+        generator_step = first != critic_first
+        self.gan_trainer.switch(gen_mode=generator_step)
         if self.generated is not None: self.learn.xb = (*self.xb, self.generated)
         if not first: self.generated = None
     def after_pred(self):
         if self.scheme == 'paired_reuse' and self.training and self.gan_trainer.gen_mode:
             self.generated = {'fake': self.pred['fake'].detach(), 'seg': self.pred['seg']}
+    def after_fit(self): self.generated = None
 
 # %% ../nbs/08_learner.ipynb #ac3e42f9
 class TTUR(Callback):
@@ -371,8 +375,6 @@ class GauGANLearner(Learner):
         return self._saver().resume()
 
 # %% ../nbs/08_learner.ipynb #605bddb5
-GAN_STEPS = ('alternate', 'paired', 'paired_reuse', 'critic_first') # what one batch trains: one network (alternating), or both (`PairedSteps`)
-
 @delegates(Learner.__init__, but=['loss_func', 'opt_func', 'splitter', 'metrics', 'moms', 'wd'])
 def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, instances], images)`
                    arch:str='spade', # 'spade', 'clade' or 'pix2pix'

@@ -9,9 +9,9 @@ moves by about +-lr whatever the size of its gradient) turn rounding differences
 lr-sized ones, and after 8 steps images differed by 5e-4 and single weights by 0.018 (nbs/08c_distributed.ipynb
 measures it). Two more launches run `gaugan-train` itself: two epochs under `torchrun`, then epoch 1 again, resumed
 under `accelerate launch` from epoch 0's checkpoint, which must end bit for bit where the uninterrupted run did (each
-process restores its own random states); two more resume a two-process run on one process; two more train from a function through Accelerate's `notebook_launcher`,
-as a notebook would: with the default scheme, and with both networks stepped on each batch plus an EMA average.
-77 s in all on this 2-core CPU (shared with other jobs)."""
+process restores its own random states); two more resume a two-process run on one process; more train from a function
+through Accelerate's `notebook_launcher`, as a notebook would: with the default scheme, and with both networks
+stepped on each batch (reusing the generator step's images, or sharing one generator pass) plus an EMA average."""
 import json, os, socket, subprocess, sys
 from pathlib import Path
 import pytest
@@ -152,8 +152,9 @@ import gaugan_fastai.distributed
 def train(folder, steps, ema):
     learn = gaugan_learner(data_loaders(folder, size=32, bs=2, num_workers=0, device='cpu'), ngf=4, ndf=8, z_dim=8,
                            vgg=False, n_layers_D=2, checkpoint=None, steps=steps, ema=None if ema == 'none' else float(ema))
+    start = {k: v.clone() for k, v in learn.model.state_dict().items()}
     with learn.distrib_ctx(), learn.no_logging(), learn.no_bar(): learn.fit(1, 1e-3)
-    torch.save({'weights': learn.model.state_dict(), 'steps': learn.train_iter}, f'weights_rank{os.environ["RANK"]}.pt')
+    torch.save({'weights': learn.model.state_dict(), 'start': start, 'steps': learn.train_iter}, f'weights_rank{os.environ["RANK"]}.pt')
 
 notebook_launcher(train, args=tuple(sys.argv[1:]), num_processes=2)
 """
@@ -176,6 +177,8 @@ def test_paired_steps_and_weight_average_on_two_processes(land, steps):
     assert r0['steps'] == r1['steps'] == 4, (r0['steps'], r1['steps']) # 2 batches per process, each trains both networks
     w0, w1 = r0['weights'], r1['weights']
     assert not [k for k in w0 if not torch.equal(w0[k], w1[k])] # the ranks agree, the average's weights included
+    assert [k for k in w0 if k.startswith('generator.') and k.endswith(('weight', 'bias', 'weight_orig'))
+            and not torch.equal(w0[k], r0['start'][k])] # the generator trained (not only its batch-norm statistics)
     gen = {k.removeprefix('generator.'): v for k, v in w0.items() if k.startswith('generator.')}
     avg = {k.removeprefix('average.module.'): v for k, v in w0.items() if k.startswith('average.module.')}
     assert avg.keys() == gen.keys() and any(not torch.equal(avg[k], gen[k]) for k in gen if gen[k].is_floating_point())
