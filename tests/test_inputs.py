@@ -104,8 +104,8 @@ def photo_cases(draw):
     nodata, valid = None, np.ones(arr.shape, bool)
     if suffix == '.tif' and dtype != np.uint8 and draw(st.booleans()):  # some pixels hold the nodata value
         nodata = -9999 if dtype != np.uint16 else 65535
-        holes = draw(hnp.arrays(bool, (h, w)))
-        arr[holes] = nodata; valid[holes] = False
+        arr[draw(hnp.arrays(bool, (h, w)))] = nodata
+        valid = arr != nodata  # the holes, and any drawn value that happens to equal nodata: nodata too
     if dtype in (np.float32, np.float64) and draw(st.booleans()):  # and some are not finite
         bad = draw(hnp.arrays(bool, arr.shape))
         arr[bad] = draw(st.sampled_from([np.nan, np.inf, -np.inf])); valid[bad] = False
