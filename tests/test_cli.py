@@ -14,7 +14,7 @@ from gaugan_fastai.data import read_georef
 from gaugan_fastai.formats import make_landcover_demo, data_loaders, LANDCOVER_CLASSES
 from gaugan_fastai.inference import load_synthesizer
 from gaugan_fastai.metrics import train_segmenter
-from gaugan_fastai.cli import gaugan_train, gaugan_generate, gaugan_evaluate
+from gaugan_fastai.cli import gaugan_train, gaugan_generate, gaugan_evaluate, gaugan_convert
 
 BIN = Path(sys.executable).parent
 TINY = ['--size', '32', '--bs', '4', '--ngf', '8', '--ndf', '8', '--no-vgg', '--workers', '0', '--device', 'cpu']
@@ -177,23 +177,26 @@ def nvlabs_runs(tmp_path_factory):
         res.append((folder, d/f'{folder.name}.png'))
     return res
 
-def test_generate_from_nvlabs_runs_and_converted(nvlabs_runs, tmp_path):
-    "gaugan-generate on a run folder writes images; gaugan-convert's file makes the same ones."
-    for folder, label in nvlabs_runs:
-        p = run('gaugan-generate', folder, label, '--n', '2', '--seed', '0', '--device', 'cpu', '--out', 'from_run', cwd=tmp_path)
-        assert '2 images written' in p.stdout, p.stdout
-        images = [np.array(Image.open(tmp_path/'from_run'/f'{label.stem}_{k}.png')) for k in range(2)]
+def test_generate_from_nvlabs_runs_and_converted(nvlabs_runs, tmp_path, capsys):
+    "gaugan-generate on a run folder writes images; gaugan-convert's file makes the same ones (in-process but one gaugan-convert)."
+    for i, (folder, label) in enumerate(nvlabs_runs):
+        out = tmp_path/folder.name
+        gaugan_generate(str(folder), [str(label)], n=2, seed=0, device='cpu', out=str(out/'from_run'))
+        assert '2 images written' in capsys.readouterr().out
+        images = [np.array(Image.open(out/'from_run'/f'{label.stem}_{k}.png')) for k in range(2)]
         assert images[0].shape[:2] == np.array(Image.open(label)).shape and images[0].shape[2] == 3
-        p = run('gaugan-convert', folder, '--out', f'{folder.name}.pth', cwd=tmp_path)
-        assert f'written to {folder.name}.pth' in p.stdout, p.stdout
-        run('gaugan-generate', f'{folder.name}.pth', label, '--n', '2', '--seed', '0', '--device', 'cpu', '--out', 'converted', cwd=tmp_path)
+        if i == 0: stdout = run('gaugan-convert', folder, '--out', out/'converted.pth', cwd=tmp_path).stdout
+        else: gaugan_convert(str(folder), out=str(out/'converted.pth')); stdout = capsys.readouterr().out
+        assert f"written to {out/'converted.pth'}" in stdout, stdout
+        gaugan_generate(str(out/'converted.pth'), [str(label)], n=2, seed=0, device='cpu', out=str(out/'converted'))
         for k in range(2):
-            assert np.array_equal(np.array(Image.open(tmp_path/'converted'/f'{label.stem}_{k}.png')), images[k])
+            assert np.array_equal(np.array(Image.open(out/'converted'/f'{label.stem}_{k}.png')), images[k])
 
 def test_nvlabs_run_without_options_needs_dataset(nvlabs_runs, tmp_path):
     "A release folder with only weights: a one-line error naming what to pass."
     folder, label = nvlabs_runs[0]
     (tmp_path/'release').mkdir()
     (tmp_path/'release'/'latest_net_G.pth').write_bytes((folder/'latest_net_G.pth').read_bytes())
-    p = run('gaugan-generate', 'release', label, '--device', 'cpu', cwd=tmp_path, ok=False)
-    _clear_error(p, 'gaugan-generate: error:', 'no opt.txt', 'pass dataset=')
+    with pytest.raises(CliError, match='gaugan-generate: error: .*no opt.txt.*pass dataset='):
+        gaugan_generate(str(tmp_path/'release'), [str(label)], device='cpu', out=str(tmp_path/'g'))
+
