@@ -2,7 +2,9 @@
 
 Everything is tiny (12 tiles of 32x32 pixels, networks of width 8, one or two epochs) so that the whole file runs in
 well under two minutes on two CPU cores. Most bad input is checked in-process through the commands' functions (they
-raise `CliError`), which is faster; two subprocesses check the exit status and the message without a traceback."""
+raise `CliError`), which is faster; two subprocesses check the exit status and the message without a traceback.
+NVIDIA's runs are generated from and converted in-process too (each subprocess pays seconds of importing fastai),
+but for one `gaugan-convert` run as a user runs it."""
 import json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
