@@ -201,4 +201,3 @@ def test_nvlabs_run_without_options_needs_dataset(nvlabs_runs, tmp_path):
     (tmp_path/'release'/'latest_net_G.pth').write_bytes((folder/'latest_net_G.pth').read_bytes())
     with pytest.raises(CliError, match='gaugan-generate: error: .*no opt.txt.*pass dataset='):
         gaugan_generate(str(tmp_path/'release'), [str(label)], device='cpu', out=str(tmp_path/'g'))
-
