@@ -15,6 +15,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import TensorImage
 from fastai.callback.core import Callback
+from torch.utils.flop_counter import FlopCounterMode
 from .core import *
 from .data import LabelMap, default_palette
 from .losses import VGGLoss
@@ -23,7 +24,7 @@ from .inference import GauGANSynthesizer
 from .fast import fast_precision, fast_synthesizer
 
 # %% auto #0
-__all__ = ['synthetic_dls', 'bench_gaugan', 'bench_plain_fast']
+__all__ = ['synthetic_dls', 'FlopCounter', 'bench_gaugan', 'bench_plain_fast']
 
 # %% ../nbs/09b_bench.ipynb #848236bd
 def synthetic_dls(n_classes:int=8, # classes of the label maps
@@ -78,6 +79,22 @@ class _IterTimer(Callback):
         if self.training and self.iter >= self.start: self.steps['generator' if self.model.gen_mode else 'critic'] += 1
     def after_train(self): _sync(self.dls.device); self.elapsed = time.perf_counter() - self.t0 # the validation pass is not timed
 
+# %% ../nbs/09b_bench.ipynb #752c92a2
+class FlopCounter(Callback):
+    "Count the floating-point operations of the training batches `start` to `stop - 1` of a `fit`'s epoch (`flops` once counted)."
+    order = -6 # before `_IterTimer` and every other callback's work on a batch
+    def __init__(self, start:int, # the first training batch counted (`learn.iter`)
+                 stop:int # the first one not counted
+                ): self.start, self.stop, self.counter, self.flops = start, stop, None, None
+    def before_batch(self):
+        if not self.training: return
+        if self.iter == self.stop: self.close()
+        if self.iter == self.start: self.counter = FlopCounterMode(display=False).__enter__()
+    def after_train(self): self.close()
+    def close(self):
+        "Stop counting (if counting) and keep the total in `flops`."
+        if self.counter is not None: self.counter.__exit__(None, None, None); self.flops, self.counter = self.counter.get_total_flops(), None
+
 # %% ../nbs/09b_bench.ipynb #f6c08bd5
 def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
                  size:int=256, # side of the square images
@@ -93,7 +110,7 @@ def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
                  device:str|torch.device|None=None, # `None`: the best available
                  **kwargs # passed to `gaugan_learner` (e.g. a training scheme)
                 )->dict:
-    "Training images/s, peak memory and batch-1 generation latency of a GauGAN configuration on this machine."
+    "Training images/s and operations, peak memory and batch-1 generation latency of a GauGAN configuration on this machine."
     device = get_device(device)
     alternate = kwargs.get('steps', 'alternate') == 'alternate'
     steps_per_iter = 1 + kwargs.get('n_crit', 1) # generator step + critic steps
@@ -103,7 +120,12 @@ def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     else: _reset_peak_rss()
     timer = _IterTimer(steps_per_iter * warmup)
-    with learn.no_logging(), learn.no_bar(): learn.fit(1, cbs=timer)
+    flops = FlopCounter(steps_per_iter * (warmup - 1), steps_per_iter * warmup) # the last warm-up iteration: counting never slows a timed one
+    try:
+        with learn.no_logging(), learn.no_bar(): learn.fit(1, cbs=[timer, flops] if warmup else timer)
+    finally: flops.close()
+    images_per_s = timer.steps['generator'] * bs / timer.elapsed
+    gflop = None if flops.flops is None else flops.flops / 1e9 / bs # per training image
     peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else _peak_rss()
     synth, labels = learn.synthesizer(), dls.one_batch()[0][:1]
     if fast_generation: synth = fast_synthesizer(synth, precision)
@@ -117,8 +139,10 @@ def bench_gaugan(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
             _sync(device); times.append(time.perf_counter() - t0)
     return {'arch': arch, 'size': size, 'bs': bs, 'precision': precision, 'fast_generation': fast_generation, 'ngf': ngf, 'use_vae': use_vae, 'vgg': vgg,
             'device': str(device), 'threads': torch.get_num_threads(), **kwargs, 'timed_steps': timer.steps,
-            'train_images_per_s': _sig(timer.steps['generator'] * bs / timer.elapsed),
-            'train_s_per_iter': _sig(timer.elapsed / timer.steps['generator']), 'peak_memory_gb': round(peak / 2**30, 3),
+            'train_images_per_s': _sig(images_per_s), 'train_s_per_iter': _sig(timer.elapsed / timer.steps['generator']),
+            'train_gflop_per_image': None if gflop is None else _sig(gflop),
+            'train_gflop_per_s': None if gflop is None else _sig(gflop * images_per_s),
+            'peak_memory_gb': round(peak / 2**30, 3),
             'peak_memory_kind': 'cuda allocated' if device.type == 'cuda' else 'process max RSS',
             'generate_latency_ms': round(1000 * float(np.median(times[warmup:])), 2)}
 

@@ -108,6 +108,7 @@ def test_bench_prints_plain_fast_and_ratios(tmp_path):
         assert res['size'] == 32 and res['bs'] == 2 and res['device'] == 'cpu'
         assert res['timed_steps'] == {'generator': 1, 'critic': 1}, res
         assert abs(res['train_images_per_s'] * res['train_s_per_iter'] - 2) < 0.02, res  # bs images per iteration
+        assert res['train_gflop_per_image'] > 0 and abs(res['train_gflop_per_s'] / (res['train_gflop_per_image'] * res['train_images_per_s']) - 1) < 0.01, res
     assert abs(ratios['train_speedup'] - fast['train_images_per_s'] / plain['train_images_per_s']) < 0.01, ratios
     assert abs(ratios['generate_speedup'] - plain['generate_latency_ms'] / fast['generate_latency_ms']) < 0.01, ratios
 
