@@ -30,6 +30,7 @@ from .metrics import evaluate_model, format_scores
 from .demo import run_demo
 from .scene import generate_scene_command
 from .paint import Painter, PaintServer
+skip_collection_at_exit()  # a command's process ends seconds sooner (core)
 
 # %% auto #0
 __all__ = ['DEMO_MINUTES', 'user_message', 'user_errors', 'given', 'defaults_of', 'gaugan_train', 'gaugan_generate',

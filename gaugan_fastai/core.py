@@ -1,6 +1,6 @@
 """Small helpers every other notebook uses: choosing the device, the precision to compute in, reproducible random
 numbers, plain tensors out of fastai's typed ones, images as 8-bit pixels, threads when notebooks run side by
-side, which of several processes writes files, and finding the optional real data sets and fixtures.
+side, a quick exit, which of several processes writes files, and finding the optional real data sets and fixtures.
 
 Docs: https://gaugan-fastai.github.io/gaugan_fastai/core.html.md"""
 
@@ -8,15 +8,15 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #8282b9de
 from __future__ import annotations
-import os, random, contextlib
+import os, random, contextlib, atexit, gc
 from pathlib import Path
 import numpy as np
 import torch
 from fastai.torch_core import rank_distrib
 
 # %% auto #0
-__all__ = ['get_device', 'autocast_dtype', 'seeded', 'plain', 'to_pixels', 'to_uint8', 'notebook_threads', 'is_main_process',
-           'shared_data']
+__all__ = ['get_device', 'autocast_dtype', 'seeded', 'plain', 'to_pixels', 'to_uint8', 'notebook_threads',
+           'skip_collection_at_exit', 'is_main_process', 'shared_data']
 
 # %% ../nbs/00_core.ipynb #6da65318
 def get_device(device:str|torch.device|None=None # `None` for the best available, else a device or its name
@@ -86,6 +86,12 @@ def notebook_threads(cpus:int|None=None # cores of this machine (default: `os.cp
     return max(1, cpus // min(cpus, 8))
 
 if os.environ.get('IN_TEST') and not os.environ.get('OMP_NUM_THREADS'): torch.set_num_threads(notebook_threads())
+
+# %% ../nbs/00_core.ipynb #7c3b9d21
+def skip_collection_at_exit():
+    "Let this process end without Python's last garbage collections (seconds, once PyTorch and fastai are imported): the operating system takes its memory back anyway."
+    atexit.unregister(gc.freeze)  # registered once, however often this is called
+    atexit.register(gc.freeze)
 
 # %% ../nbs/00_core.ipynb #6ade8d70
 def is_main_process()->bool:

@@ -53,8 +53,10 @@ CHILD = """
 import json, resource, sys, time
 import numpy as np, rasterio
 from rasterio.transform import from_origin
+from gaugan_fastai.core import skip_collection_at_exit
 from gaugan_fastai.inference import load_synthesizer
 import gaugan_fastai.scene
+skip_collection_at_exit()
 model, labels, out = sys.argv[1:]
 synth = load_synthesizer(model, 'cpu')
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
