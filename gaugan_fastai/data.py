@@ -511,7 +511,8 @@ class SpadeDataLoaders(DataLoaders):
                            batch_tfms=list(batch_tfms or []) + [Normalize.from_stats([0.5]*3, [0.5]*3)])
         device = get_device(device)
         dls = dblock.dataloaders(samples, bs=bs, num_workers=ifnone(num_workers, default_num_workers()),
-                                 device=device, path=path, dl_type=ReproducibleDL, **kwargs)
+                                 device=device, path=path, dl_type=ReproducibleDL,
+                                 **{'pin_memory': device.type == 'cuda', **kwargs})
         if len(dls.train_ds) < bs:
             raise ValueError(f"batch size {bs} is larger than the training set ({len(dls.train_ds)} of {len(samples)} samples, "
                              f"{len(dls.valid_ds)} held out for validation): lower the batch size")
