@@ -1,10 +1,11 @@
 """Fault injection: a real `kill -9` of a training process mid-epoch and mid-save, then a resume.
 
 Each run is a separate process (`checkpoint_child.py`): a tiny GauGAN (width 8) on 12 generated 32x32 land-cover
-tiles, 4 epochs of 2 steps each. The test checks what the issue promises: at most the current epoch is lost, every
-earlier checkpoint is intact (it loads, its fingerprint is this run's, its bytes do not change on resume), no
-truncated or zero-byte file lies under a checkpoint's name, and the resumed run follows the schedule (learning rates
-and betas per step) of an uninterrupted run and ends with the same weights."""
+tiles, 4 epochs of 2 steps each, on one thread; the two runs to be killed start first and train alongside the
+uninterrupted run they are compared with. The test checks what the issue promises: at most the current epoch is
+lost, every earlier checkpoint is intact (it loads, its fingerprint is this run's, its bytes do not change on
+resume), no truncated or zero-byte file lies under a checkpoint's name, and the resumed run follows the schedule
+(learning rates and betas per step) of an uninterrupted run and ends with the same weights."""
 import hashlib, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
@@ -43,14 +44,27 @@ def digest(fn)->str: return hashlib.sha256(Path(fn).read_bytes()).hexdigest()
 def names(folder)->list: return sorted(f.name for f in Path(folder).iterdir() if f.name != '.gaugan_fastai.lock')
 
 @pytest.fixture(scope='module')
-def work(tmp_path_factory):
-    "The data, and an uninterrupted run of 4 epochs (its checkpoints, step record and final weights) to compare with."
+def data(tmp_path_factory):
+    "A folder with the data set (`data`), where the runs write."
     d = tmp_path_factory.mktemp('kill')
     make_landcover_demo(d/'data', n=12, size=32)
-    proc, record = train(d, 'whole', 'fresh')
-    finish(proc)
-    assert names(d/'whole') == ['gaugan_0.pth', 'gaugan_1.pth', 'gaugan_2.pth', 'gaugan_3.pth']
     return d
+
+@pytest.fixture(scope='module')
+def hung(data):
+    "The two runs the tests kill, started first so that they train alongside the uninterrupted run; each then waits at its kill point. {mode: (process, step record)}"
+    runs = {mode: train(data, folder, mode, data/f'{mode}.marker') for folder, mode in (('epoch', 'hang-epoch'), ('save', 'hang-save'))}
+    yield runs
+    for proc, _ in runs.values():
+        if proc.poll() is None: proc.kill(); proc.communicate()
+
+@pytest.fixture(scope='module')
+def work(data, hung):
+    "The data's folder, with an uninterrupted run of 4 epochs (its checkpoints, step record and final weights) to compare with."
+    proc, record = train(data, 'whole', 'fresh')
+    finish(proc)
+    assert names(data/'whole') == ['gaugan_0.pth', 'gaugan_1.pth', 'gaugan_2.pth', 'gaugan_3.pth']
+    return data
 
 def check_intact(folder, epochs, whole):
     "Checkpoints of `epochs` load, carry the uninterrupted run's fingerprint and weights; nothing else is named like one."
@@ -68,10 +82,9 @@ def check_resumed(work, killed_record, record, lost_epoch):
     final, ref = torch.load(str(record) + '.pth'), torch.load(work/'whole-fresh.jsonl.pth')
     assert all(torch.equal(a, b) for a, b in zip(final.values(), ref.values()))
 
-def test_kill_mid_epoch(work):
+def test_kill_mid_epoch(work, hung):
     "Killed after the first step of epoch 2: epochs 0 and 1 are kept; the resume retrains epoch 2 and goes on."
-    marker = work/'mid-epoch.marker'
-    proc, killed = train(work, 'epoch', 'hang-epoch', marker)
+    (proc, killed), marker = hung['hang-epoch'], work/'hang-epoch.marker'
     kill_at(proc, marker)
     assert [s[0] for s in steps(killed)][-1] == 2  # it was inside epoch 2
     check_intact(work/'epoch', [0, 1], work/'whole')
@@ -83,10 +96,9 @@ def test_kill_mid_epoch(work):
     check_intact(work/'epoch', [0, 1, 2, 3], work/'whole')
     check_resumed(work, killed, record, lost_epoch=2)
 
-def test_kill_mid_save(work):
+def test_kill_mid_save(work, hung):
     "Killed while saving epoch 1, after its temporary file is written: no gaugan_1.pth, the resume retrains epoch 1."
-    marker = work/'mid-save.marker'
-    proc, killed = train(work, 'save', 'hang-save', marker)
+    (proc, killed), marker = hung['hang-save'], work/'hang-save.marker'
     kill_at(proc, marker)
     left = unfinished_saves(work/'save', 'gaugan_*.pth')
     assert len(left) == 1 and left[0].name.startswith('.gaugan_1.pth.') and left[0].stat().st_size > 0
