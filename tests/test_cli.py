@@ -6,6 +6,7 @@ raise `CliError`), which is faster; two subprocesses check the exit status and t
 NVIDIA's runs are generated from and converted in-process too (each subprocess pays seconds of importing fastai),
 but for one `gaugan-convert` run as a user runs it."""
 import json, os, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
 import pytest
@@ -128,10 +129,12 @@ def _clear_error(p, *words):
     for w in words: assert w in lines[0], p.stderr
 
 def test_errors_are_clear_without_traceback(work):
-    _clear_error(run('gaugan-train', 'nowhere', *TINY, cwd=work, ok=False), 'gaugan-train: error:', 'nowhere does not exist')
     (work/'notes.txt').write_text('x')
-    _clear_error(run('gaugan-generate', 'notes.txt', 'plain.png', cwd=work, ok=False),
-                 'gaugan-generate: error:', 'notes.txt is not a model file')
+    commands = [('gaugan-train', 'nowhere', *TINY), ('gaugan-generate', 'notes.txt', 'plain.png')]
+    with ThreadPoolExecutor(2) as pool:  # both at once: each spends its seconds importing, on one core
+        train, generate = pool.map(lambda c: run(*c, cwd=work, ok=False), commands)
+    _clear_error(train, 'gaugan-train: error:', 'nowhere does not exist')
+    _clear_error(generate, 'gaugan-generate: error:', 'notes.txt is not a model file')
 
 def test_bad_input_in_process(work, tmp_path):
     "The messages of the library's checks, through the commands' Python functions."
