@@ -285,7 +285,7 @@ def gaugan_paint(
     host:str='127.0.0.1', # address to listen on (127.0.0.1: this machine only)
     port:int=8000, # port to listen on (0: a free one)
     examples:str=None, # folder of label files (or a data set folder with labels/) for "random example"
-    precision:Annotated[str, {'choices': ['auto', 'fp32', 'bf16']}]='auto', # auto: bf16 where it keeps the picture
+    precision:Annotated[str, {'choices': ['auto', 'fp32', 'bf16']}]='auto', # auto: bf16 where it is faster and keeps the picture, else fp32 (with NNPACK where that is faster)
     max_upload_mb:float=20., # the largest upload accepted, in MB
     compile:bool=False, # compile the generator at start (seconds to a minute) for faster strokes (`fast_generator`)
     log:bool=False, # print a line per request

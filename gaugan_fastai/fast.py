@@ -20,7 +20,8 @@ from .inference import GauGANSynthesizer
 
 # %% auto #0
 __all__ = ['fast_bf16', 'fast_precision', 'modulate', 'FusedSPADEResBlock', 'fuse', 'FrozenSPADEResBlock', 'bake_spectral_norm',
-           'FastGenerator', 'detached_copy', 'fast_generator', 'fast_synthesizer', 'checkpoint_blocks']
+           'FastGenerator', 'detached_copy', 'fast_generator', 'fast_synthesizer', 'checkpoint_blocks', 'NNPACKConv2d',
+           'nnpack_convs', 'nnpack_synthesizer']
 
 # %% ../nbs/09e_fast.ipynb #2a7af4f4
 def fast_bf16(device:str|torch.device|None=None # the device that will compute (`None`: the best available)
@@ -91,6 +92,11 @@ class FrozenSPADEResBlock(FusedSPADEResBlock):
         return self
 
     def modulation_weights(self)->list: return [(n.mlp_gamma_beta.weight, n.mlp_gamma_beta.bias) for n in self.norms()]
+
+    def modulations(self, seg:torch.Tensor, size:tuple)->list:
+        "Per SPADE layer: its (`gamma`, `beta`) maps, through the modules `mlp_shared` and `mlp_gamma_beta` (so a module swapped in, e.g. by `nnpack_convs`, computes them)."
+        seg = F.interpolate(seg, size=tuple(size), mode='nearest')
+        return [n.mlp_gamma_beta(n.mlp_shared(seg)).chunk(2, 1) for n in self.norms()]
 
 # %% ../nbs/09e_fast.ipynb #5e38d914
 def bake_spectral_norm(model:nn.Module # a module with spectral-normalized layers, in eval mode
@@ -204,3 +210,34 @@ def checkpoint_blocks(model:nn.Module # a generator (or any module) holding SPAD
     for m in model.modules():
         if isinstance(m, SPADEResBlock): m.forward = partial(_checkpointed_forward, m)
     return model
+
+# %% ../nbs/09e_fast.ipynb #adce5588
+class NNPACKConv2d(nn.Conv2d):
+    "A 3x3 convolution (stride 1, padding 1) computed by NNPACK's fast algorithms on maps of at least `min_pixels` pixels (float32, CPU); by oneDNN below that."
+    min_pixels = 64 * 64
+
+    def forward(self, x):
+        if x.shape[-2] * x.shape[-1] < self.min_pixels: return super().forward(x)
+        return torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias, [1, 1])
+
+def nnpack_convs(model:nn.Module, # a float32 model on the CPU, e.g. a `fast_generator` copy (not compiled)
+                 min_pixels:int=64 * 64 # smaller maps stay with oneDNN
+                )->nn.Module:
+    "Switch the 3x3 convolutions of `model` with at least 64 channels in and out to `NNPACKConv2d`, in place."
+    if not torch._nnpack_available(): raise RuntimeError("nnpack_convs: this PyTorch build has no NNPACK")  # the call also initialises it
+    if any(isinstance(m, torch._dynamo.eval_frame.OptimizedModule) for m in model.modules()):
+        raise ValueError("nnpack_convs: the model is compiled; switch the convolutions of an eager copy (compiled=False)")
+    if any(p.dtype != torch.float32 or p.device.type != 'cpu' for p in model.parameters()):
+        raise ValueError("nnpack_convs: NNPACK computes float32 on a CPU only; make the copy with precision='fp32' on the CPU")
+    for m in model.modules():
+        if (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1)
+            and m.groups == 1 and m.padding_mode == 'zeros' and min(m.in_channels, m.out_channels) >= 64):
+            m.__class__, m.min_pixels = NNPACKConv2d, min_pixels
+    return model
+
+def nnpack_synthesizer(synth:GauGANSynthesizer # a trained synthesizer on the CPU
+                      )->GauGANSynthesizer:
+    "A float32 `fast_synthesizer` copy of `synth` whose generator computes its wide convolutions with NNPACK (`nnpack_convs`)."
+    fast = fast_synthesizer(synth, 'fp32', channels_last=False)  # NNPACK reads contiguous maps
+    nnpack_convs(fast.generator.net)
+    return fast

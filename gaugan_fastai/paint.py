@@ -23,7 +23,7 @@ from scipy import ndimage
 from .core import *
 from .data import IGNORE_INDEX, GEOTIFF_SUFFIXES, IMAGE_SUFFIXES, ImageReader, read_raster, raster_size, read_georef
 from .inference import GauGANSynthesizer, LABEL_TAG, load_synthesizer
-from .fast import fast_synthesizer
+from .fast import fast_synthesizer, nnpack_synthesizer
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'LABEL_SUFFIXES', 'PAGE_FILES', 'CONTENT_POLICY', 'PAGE_DIR', 'check_ids', 'ids_from_bytes',
@@ -164,18 +164,21 @@ def compare_precisions(synth:GauGANSynthesizer, # the model
                        max_diff:int=8, # the largest difference of a pixel (0..255) that keeps the picture
                        reps:int=3 # timed runs of each (after one untimed)
                       )->dict:
-    "Median ms of `fast_synthesizer` copies of `synth` in fp32 and bf16 generating `ids`, how far apart their images are, and whether to use bf16."
+    "Median ms of `fast_synthesizer` copies of `synth` generating `ids` in fp32, in fp32 with NNPACK (on a CPU whose PyTorch has it) and in bf16; how far apart the bf16 and fp32 images are; whether to use bf16, and else NNPACK."
+    copies = {'fp32': fast_synthesizer(synth, 'fp32'), 'bf16': fast_synthesizer(synth, 'bf16')}
+    if synth.device.type == 'cpu' and torch._nnpack_available(): copies['nnpack'] = nnpack_synthesizer(synth)
     images, ms = {}, {}
-    for precision in ('fp32', 'bf16'):
-        fast = fast_synthesizer(synth, precision)
-        images[precision] = _generate(fast, ids, seed=0)
+    for name, fast in copies.items():
+        images[name] = _generate(fast, ids, seed=0)
         times = []
         for _ in range(reps):
             t0 = time.perf_counter(); _generate(fast, ids, seed=0); times.append(time.perf_counter() - t0)
-        ms[precision] = 1000 * float(np.median(times))
+        ms[name] = 1000 * float(np.median(times))
     diff = np.abs(images['bf16'].astype(int) - images['fp32'])
-    return {'fp32_ms': round(ms['fp32'], 1), 'bf16_ms': round(ms['bf16'], 1), 'max_diff': int(diff.max()),
-            'mean_diff': round(float(diff.mean()), 3), 'bf16': bool(diff.max() <= max_diff and ms['bf16'] < 0.9 * ms['fp32'])}
+    bf16 = bool(diff.max() <= max_diff and ms['bf16'] < 0.9 * ms['fp32'])
+    return {'fp32_ms': round(ms['fp32'], 1), 'nnpack_ms': round(ms['nnpack'], 1) if 'nnpack' in ms else None,
+            'bf16_ms': round(ms['bf16'], 1), 'max_diff': int(diff.max()), 'mean_diff': round(float(diff.mean()), 3),
+            'bf16': bf16, 'nnpack': bool(not bf16 and 'nnpack' in ms and ms['nnpack'] < 0.9 * ms['fp32'])}
 
 # %% ../nbs/17_paint.ipynb #702df704
 class Painter:
@@ -183,7 +186,7 @@ class Painter:
     def __init__(self, synth:GauGANSynthesizer, # the model
                  examples:str|Path|None=None, # folder of label files to offer as examples (`None`: synthetic ones)
                  name:str='model', # what the page calls the model
-                 precision:str='auto', # 'fp32', 'bf16', or 'auto': bf16 where `compare_precisions` says so
+                 precision:str='auto', # 'fp32', 'bf16', or 'auto': bf16, or fp32 with NNPACK, where `compare_precisions` says so
                  max_upload_mb:float=20., # the largest upload accepted
                  compiled:bool=False # compile the generator (`fast_generator`): a slower start, faster strokes
                 ):
@@ -196,16 +199,18 @@ class Painter:
         test_map = random_label_map(self.n_classes, synth.size, 0)
         self.precision_check = compare_precisions(synth, test_map) if precision == 'auto' else None
         self.bf16 = self.precision_check['bf16'] if precision == 'auto' else precision == 'bf16'
-        self.synth = fast_synthesizer(synth, 'bf16' if self.bf16 else 'fp32', compiled=compiled)
+        self.nnpack = precision == 'auto' and self.precision_check['nnpack'] and not compiled  # `nnpack_convs` refuses compiled models
+        self.synth = nnpack_synthesizer(synth) if self.nnpack else fast_synthesizer(synth, 'bf16' if self.bf16 else 'fp32', compiled=compiled)
         self.generate(test_map)  # the first call (the compilation, with `compiled`) is a slow one: not the first stroke's
 
     @property
     def precision(self)->str:
         "How the model computes, and why."
         c = self.precision_check
-        name = ('bf16' if self.bf16 else 'fp32') + ', compiled' * self.compiled
+        name = ('bf16' if self.bf16 else 'fp32') + ', NNPACK convolutions' * self.nnpack + ', compiled' * self.compiled
         if c is None: return f"{name} (as asked)"
-        return (f"{name} (a test map took {c['fp32_ms']:.0f} ms in fp32, {c['bf16_ms']:.0f} ms in "
+        nnpack = '' if c['nnpack_ms'] is None else f", {c['nnpack_ms']:.0f} ms in fp32 with NNPACK"
+        return (f"{name} (a test map took {c['fp32_ms']:.0f} ms in fp32{nnpack}, {c['bf16_ms']:.0f} ms in "
                 f"bf16, whose pixels differed by up to {c['max_diff']} of 255 levels)")
 
     @property
