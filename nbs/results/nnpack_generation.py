@@ -5,8 +5,9 @@
   least 64 channels in and out) and the narrow ones (the label maps', the last), with the shapes the generator runs
   them at, through oneDNN (channels-last, as `fast_synthesizer` runs them) and through NNPACK; each the best of
   three calls. This is what sets which convolutions `nnpack_convs` switches and `min_pixels`.
-- **generation**: the whole copy, channels-last (`fast_synthesizer`'s default) and contiguous, and the contiguous
-  copy with `nnpack_convs`; in turn, round after round, in one process. Errors are the largest difference from the
+- **generation**: the whole copy, channels-last (`fast_synthesizer`'s default), the same compiled with inductor
+  (`compiled=True`), contiguous, and the contiguous copy with `nnpack_convs`; in turn, round after round, in one
+  process. Errors are the largest difference from the
   plain generator's float32 image (eval mode, `no_grad`), relative to its largest pixel value.
 
 The generator has weights of order one and batch-norm statistics averaged over a few training-mode forwards, so its
@@ -73,7 +74,11 @@ def main(rounds:int):
     print(f"saturated pixels (|x| > 0.99) of the plain image: {float((expected.abs() > 0.99).float().mean()):.1%}")
     convs = conv_times(conv_shapes(fast_generator(g, 'fp32'), seg))
     for key, (a, c) in convs.items(): print(f"{key:>18s} oneDNN {a:6.0f} ms  NNPACK {c:6.0f} ms")
+    compiled = fast_generator(g, 'fp32', channels_last=True, compiled=True)
+    t0 = time.perf_counter(); compiled(seg); compile_s = time.perf_counter() - t0
+    print(f"compiling the channels-last copy: {compile_s:.0f} s")
     paths = {'fp32 channels-last': fast_generator(g, 'fp32', channels_last=True),
+             'fp32 channels-last compiled': compiled,
              'fp32 contiguous': fast_generator(g, 'fp32'),
              'fp32 contiguous, NNPACK': nnpack_convs(fast_generator(g, 'fp32'))}
     errors = {name: float((f(seg) - expected).abs().max() / expected.abs().max()) for name, f in paths.items()}
@@ -84,7 +89,7 @@ def main(rounds:int):
         print(f"round {r + 1}: " + ', '.join(f"{name} {v[-1]:.0f} ms" for name, v in ms.items()))
     median = {name: statistics.median(v) for name, v in ms.items()}
     result = dict(date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), machine=machine(), torch=torch.__version__,
-                  convs_ms=convs, ms=ms, median_ms=median, errors=errors)
+                  convs_ms=convs, compile_s=compile_s, ms=ms, median_ms=median, errors=errors)
     RESULTS.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ('date', 'machine', 'median_ms', 'errors')}, indent=1))
 
