@@ -7,8 +7,8 @@
   three calls. This is what sets which convolutions `nnpack_convs` switches and `min_pixels`.
 - **generation**: the whole copy, channels-last (`fast_synthesizer`'s default), the same compiled with inductor
   (`compiled=True`), contiguous, and the contiguous copy with `nnpack_convs`; in turn, round after round, in one
-  process. Errors are the largest difference from the
-  plain generator's float32 image (eval mode, `no_grad`), relative to its largest pixel value.
+  process. Errors are the largest difference from the plain generator's float32 image (eval mode, `no_grad`),
+  relative to its largest pixel value.
 
 The generator has weights of order one and batch-norm statistics averaged over a few training-mode forwards, so its
 images are not saturated (a saturated `tanh` hides differences).
