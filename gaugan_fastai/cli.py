@@ -95,14 +95,15 @@ def gaugan_train(
     valid_pct:float=None, # share of the data held out for validation (default 0.2; not for data sets with their own split)
     valid_names:str=None, # file naming the held-out samples (label file stems), one a line, instead of --valid-pct
     seed:int=0, # seed of the split and the initialization
-    workers:int=None, # data loading processes (default: one per spare core)
+    workers:int=None, # data loading processes (default: one per spare core; none with --cache)
+    cache:bool=False, # decode and resize every file once, at the start, and keep them in memory (refused when they need over half of it)
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
     "Train GauGAN on a data set of label maps and photos; save checkpoints and export the model."
     with main_process_output(), user_errors('gaugan-train'), launched_process_group(device), seeded(seed):
         writable_file(out, 'model file')  # now, not after the last epoch
         format = ifnone(format, detect_format(data))
-        dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, device=get_device(device),
+        dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, cache=cache, device=get_device(device),
                            **given(codes=codes, values=values, valid_pct=valid_pct, valid_names=valid_names))
         if precision == 'auto': precision = fast_precision(dls.device)
         if vgg and arch != 'pix2pix':

@@ -18,6 +18,7 @@ from affine import Affine
 from scipy import ndimage
 from PIL import Image
 from fastai.vision.all import *
+from concurrent.futures import ThreadPoolExecutor  # after fastai's: fastcore's prints the errors of its threads instead of raising them
 from matplotlib.patches import Patch
 from .core import *
 
@@ -26,8 +27,9 @@ __all__ = ['IGNORE_INDEX', 'IGNORE_COLOR', 'GEOTIFF_SUFFIXES', 'IMAGE_SUFFIXES',
            'PILInstanceMap', 'default_palette', 'colorize_labels', 'show_samples', 'read_raster', 'raster_header',
            'raster_size', 'LabelReader', 'ImageReader', 'dataset_value_range', 'InstanceReader', 'Sample',
            'read_georef', 'pixel_size_m', 'same_georef', 'save_geotiff', 'AddLabelInfo', 'default_num_workers',
-           'default_load_size', 'check_samples', 'ReproducibleDL', 'names_splitter', 'SpadeDataLoaders',
-           'instance_edges', 'onehot_channels', 'semantic_input', 'show_batch', 'pair_files']
+           'default_load_size', 'check_samples', 'ReproducibleDL', 'names_splitter', 'available_memory', 'DecodeOnce',
+           'check_cache_fits', 'SpadeDataLoaders', 'instance_edges', 'onehot_channels', 'semantic_input', 'show_batch',
+           'pair_files']
 
 # %% ../nbs/01_data.ipynb #330a3ec6
 IGNORE_INDEX = 255  # class id of dontcare / nodata pixels: no one-hot channel, ignored by every loss
@@ -441,6 +443,41 @@ def names_splitter(samples:list, # the `Sample`s to split
         raise ValueError(f"{source}: {len(missing)} of its {len(names)} names match no sample of the data, e.g. {missing[0]!r}")
     return FuncSplitter(lambda s: Path(s.label).stem in names)
 
+# %% ../nbs/01_data.ipynb #f1b3cd1b
+def available_memory()->int|None:
+    "Bytes of memory this machine can give to new allocations (Linux: `MemAvailable`; elsewhere: all its memory), or `None` if unknown."
+    try: return 1024 * int(next(l for l in Path('/proc/meminfo').read_text().splitlines() if l.startswith('MemAvailable:')).split()[1])
+    except (OSError, StopIteration, ValueError, IndexError): pass
+    try: return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (AttributeError, ValueError, OSError): return None
+
+class DecodeOnce(Transform):
+    "Read a file with `read` and resize it with `resize` once; later reads of the same file come from memory."
+    def __init__(self, read:Transform, # a reader: file name -> PIL image (`LabelReader`, `ImageReader`, `InstanceReader`)
+                 resize:Transform # deterministic, e.g. `Resize(load_size, method=ResizeMethod.Squish)`
+                ): store_attr(); self.decoded = {}
+    def decode(self, fn:Path|str): return self.resize(self.read(fn))
+    def __getstate__(self): return {**self.__dict__, 'decoded': {}}  # a pickled copy (e.g. `Learner.export`) decodes again
+    def encodes(self, fn:Path|str):
+        if fn not in self.decoded: self.decoded[fn] = self.decode(fn)
+        return self.decoded[fn]
+    def fill(self, fns:list # files to decode now
+            ):
+        "Decode every file of `fns` now, in threads."
+        todo = list(dict.fromkeys(fn for fn in fns if fn not in self.decoded))
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool: self.decoded.update(zip(todo, pool.map(self.decode, todo)))
+
+def check_cache_fits(n_samples:int, # samples to decode
+                     load_size:int|tuple, # side, or (h, w), of the decoded images
+                     with_instances:bool=False # instance maps too (4 bytes a pixel)
+                    ):
+    "Raise an error naming the sizes when `n_samples` decoded samples would take more than half the available memory."
+    h, w = load_size if is_listy(load_size) else (load_size, load_size)
+    need, avail = n_samples * h * w * (4 + 4 * with_instances), available_memory()
+    if avail is not None and need > avail / 2:
+        raise ValueError(f"cache=True: the {n_samples} decoded samples at {h}x{w} need about {need / 2**30:.1f} GB, more than half "
+                         f"of the {avail / 2**30:.1f} GB of memory available: leave cache off (files are then read every epoch)")
+
 # %% ../nbs/01_data.ipynb #0fc8b4c8
 class SpadeDataLoaders(DataLoaders):
     "`DataLoaders` of `(LabelMap, TensorImage)` batches (or `(LabelMap, InstanceMap, TensorImage)`) for GauGAN."
@@ -470,12 +507,13 @@ class SpadeDataLoaders(DataLoaders):
                      seed:int|None=None, # seed of the random split, the batch order and the crops and flips
                      splitter:Callable|None=None, # fastai splitter over `samples`, overrides `valid_pct`
                      bs:int=8, # batch size
-                     num_workers:int|None=None, # loader processes, default `default_num_workers()`
+                     num_workers:int|None=None, # loader processes, default `default_num_workers()` (0 with `cache`)
                      item_tfms:list|None=None, # extra item transforms, after the crop and flip
                      batch_tfms:list|None=None, # extra batch transforms, before normalisation
                      device=None, # device batches go to, default `get_device()`
                      path:Path|str='.', # the `DataLoaders`' path (where learners save)
                      check_georef:bool=True, # require GeoTIFF labels and photos of a pair to share CRS and transform
+                     cache:bool=False, # read and resize every file once, now, and keep them in memory (`DecodeOnce`)
                      **kwargs # passed to `DataBlock.dataloaders`
                     ):
         "Check the arguments and `samples`, then build the paired pipeline and its loaders."
@@ -497,20 +535,28 @@ class SpadeDataLoaders(DataLoaders):
             value_range = dataset_value_range([s.image for s in samples], image_reader)
             image_reader = ImageReader(image_reader.bands, value_range, image_reader.half, image_reader.draft_size)
         load_size = ifnone(load_size, default_load_size(size))
-        label_block = TransformBlock(type_tfms=label_reader, item_tfms=AddLabelInfo(list(codes), palette),
-                                     batch_tfms=IntToFloatTensor)
-        blocks = [label_block, TransformBlock(type_tfms=image_reader, batch_tfms=IntToFloatTensor)]
+        readers = {'label': label_reader, 'instance': instance_reader, 'image': image_reader}
+        readers = {k: r for k, r in readers.items() if r is not None}
+        resize = Resize(load_size, method=ResizeMethod.Squish)
+        if cache:
+            check_cache_fits(len(samples), load_size, with_instances)
+            readers = {k: DecodeOnce(r, resize) for k, r in readers.items()}
+            for k, r in readers.items(): r.fill([getattr(s, k) for s in samples])
+        blocks = [TransformBlock(type_tfms=readers['label'], item_tfms=AddLabelInfo(list(codes), palette), batch_tfms=IntToFloatTensor),
+                  TransformBlock(type_tfms=readers['image'], batch_tfms=IntToFloatTensor)]
         getters = [AttrGetter('label'), AttrGetter('image')]
         if with_instances:
-            blocks.insert(1, TransformBlock(type_tfms=instance_reader))
+            blocks.insert(1, TransformBlock(type_tfms=readers['instance']))
             getters.insert(1, AttrGetter('instance'))
-        tfms = [Resize(load_size, method=ResizeMethod.Squish), RandomCrop(size)] + ([FlipItem(0.5)] if flip else [])
+        flips = [FlipItem(0.5)] if flip else []
+        for f in flips: f.order = resize.order  # flip the resized image (as `cache` must), drawing before the crop as ever
+        tfms = ([] if cache else [resize]) + flips + [RandomCrop(size)]
         dblock = DataBlock(blocks=blocks, getters=getters, n_inp=len(blocks) - 1,
                            splitter=ifnone(splitter, RandomSplitter(valid_pct, seed=seed)),
                            item_tfms=tfms + list(item_tfms or []),
                            batch_tfms=list(batch_tfms or []) + [Normalize.from_stats([0.5]*3, [0.5]*3)])
         device = get_device(device)
-        dls = dblock.dataloaders(samples, bs=bs, num_workers=ifnone(num_workers, default_num_workers()),
+        dls = dblock.dataloaders(samples, bs=bs, num_workers=ifnone(num_workers, 0 if cache else default_num_workers()),
                                  device=device, path=path, dl_type=ReproducibleDL,
                                  **{'pin_memory': device.type == 'cuda', **kwargs})
         if len(dls.train_ds) < bs:
