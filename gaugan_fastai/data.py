@@ -548,9 +548,7 @@ class SpadeDataLoaders(DataLoaders):
         if with_instances:
             blocks.insert(1, TransformBlock(type_tfms=readers['instance']))
             getters.insert(1, AttrGetter('instance'))
-        flips = [FlipItem(0.5)] if flip else []
-        for f in flips: f.order = resize.order  # flip the resized image (as `cache` must), drawing before the crop as ever
-        tfms = ([] if cache else [resize]) + flips + [RandomCrop(size)]
+        tfms = ([] if cache else [resize]) + [RandomCrop(size)] + ([FlipItem(0.5)] if flip else [])
         dblock = DataBlock(blocks=blocks, getters=getters, n_inp=len(blocks) - 1,
                            splitter=ifnone(splitter, RandomSplitter(valid_pct, seed=seed)),
                            item_tfms=tfms + list(item_tfms or []),
