@@ -78,7 +78,7 @@ def writable_file(fn:Path|str, # a file to write (its folder is created if missi
     "`fn` after checking that it can be written: not a folder, in a folder that takes files, not read-only."
     fn = Path(fn)
     if fn.is_dir(): raise IsADirectoryError(f"{what} {fn} is a folder: give a file name, e.g. {fn/'model.pth'}")
-    writable_folder(fn.parent, f"the folder of {what} {fn}")
+    writable_folder(fn.parent, f"the folder of {what} {fn.name}:")
     if fn.exists() and not os.access(fn, os.W_OK): raise PermissionError(f"{what} {fn} is read-only")
     return fn
 
@@ -197,10 +197,7 @@ def load_checkpoint(fn:Path|str # a file written by `SaveCheckpointCallback`
                    )->dict:
     "The checkpoint in `fn` (tensors on the CPU), or a `ValueError` saying why it cannot be used."
     fn = Path(fn)
-    try: state = torch.load(fn, map_location='cpu', weights_only=True)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{fn} cannot be read ({fn.stat().st_size if fn.exists() else 0} bytes): {reason}") from e
+    state = load_torch_file(fn, 'a gaugan_fastai training checkpoint')
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise ValueError(f"{fn} is not a gaugan_fastai training checkpoint (no '{CHECKPOINT_FORMAT}' tag)")
     return state

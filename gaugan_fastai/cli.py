@@ -1,5 +1,5 @@
-"""`gaugan-train`, `gaugan-generate`, `gaugan-demo`, `gaugan-bench` and `gaugan-evaluate`: the library's main jobs
-from a shell, with progress bars, and one-line errors for bad input.
+"""`gaugan-train`, `gaugan-generate`, `gaugan-convert`, `gaugan-demo`, `gaugan-bench`, `gaugan-evaluate` and
+`gaugan-paint`: the library's main jobs from a shell, with progress bars, and one-line errors for bad input.
 
 Docs: https://gaugan-fastai.github.io/gaugan_fastai/cli.html.md"""
 
@@ -86,8 +86,8 @@ def gaugan_train(
     precision:Annotated[str, {'choices': ['auto', *_PRECISIONS]}]='fp32', # training precision; auto: bf16 where the hardware computes it natively
     ngf:int=_learner['ngf'], # generator width
     ndf:int=_learner['ndf'], # discriminator width
-    vae:bool=True, # leave out the style encoder (then: random styles only, no --style)
-    vgg:bool=True, # leave out the VGG perceptual loss (e.g. offline, without the VGG19 weights)
+    vae:bool=True, # train the style encoder too (--no-vae: without it, random styles only, no --style)
+    vgg:bool=True, # train with the VGG perceptual loss (--no-vgg: without it, e.g. offline, without the VGG19 weights)
     vgg_weights:str=None, # torchvision VGG19 state-dict file (default: torch hub cache)
     checkpoints:str='checkpoints', # folder for the per-epoch checkpoints
     resume:bool=False, # continue from the newest checkpoint in --checkpoints
@@ -95,12 +95,13 @@ def gaugan_train(
     valid_pct:float=None, # share of the data held out for validation (default 0.2; not for data sets with their own split)
     valid_names:str=None, # file naming the held-out samples (label file stems), one a line, instead of --valid-pct
     seed:int=0, # seed of the split and the initialization
-    workers:int=None, # data loading processes (default: one per spare core; none with --cache)
+    workers:int=None, # data loading processes (default: one per spare core, at most 8; none with --cache)
     cache:bool=False, # decode and resize every file once, at the start, and keep them in memory (refused when they need over half of it)
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
     "Train GauGAN on a data set of label maps and photos; save checkpoints and export the model."
     with main_process_output(), user_errors('gaugan-train'), launched_process_group(device), seeded(seed):
+        if epochs < 1: raise ValueError(f"--epochs must be at least 1, got {epochs}")
         writable_file(out, 'model file')  # now, not after the last epoch
         format = ifnone(format, detect_format(data))
         dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, cache=cache, device=get_device(device),
@@ -187,6 +188,7 @@ def gaugan_convert(
 ):
     "Convert a run of NVlabs/SPADE once into a model file that every command (and load_synthesizer) takes."
     with user_errors('gaugan-convert'):
+        writable_file(out, 'model file')
         synth = load_nvlabs(run, dataset, device='cpu')
         fname = synth.save(out)
     print(f"{run}: {len(synth.codes)} classes, {synth.size[0]}x{synth.size[1]} pixels, dontcare channel "
@@ -232,8 +234,8 @@ def gaugan_bench(
     size:int=_bench['size'], # side of the square images
     bs:int=_bench['bs'], # batch size
     ngf:int=_bench['ngf'], # generator width
-    vae:bool=_bench['use_vae'], # leave out the style encoder and its KL term
-    vgg:bool=_bench['vgg'], # leave out the VGG loss (timed with random weights: the same compute)
+    vae:bool=_bench['use_vae'], # time the style encoder and its KL term too (--no-vae: without them)
+    vgg:bool=_bench['vgg'], # time the VGG loss too, with random weights: the same compute (--no-vgg: without it)
     iters:int=_bench['n_iters'], # timed training iterations
     warmup:int=_bench['warmup'], # untimed iterations first
     device:str=None, # e.g. cuda, cpu (default: the best available)
@@ -264,7 +266,7 @@ def gaugan_evaluate(
     bs:int=8, # batch size
     max_batches:int=None, # score only this many batches
     n_diversity:int=3, # samples per label map for the diversity score
-    workers:int=None, # data loading processes (default: one per spare core)
+    workers:int=None, # data loading processes (default: one per spare core, at most 8)
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):
     "Score a trained model on a data set (segmentation score, Fréchet distances, diversity); print and write JSON."
@@ -288,7 +290,7 @@ def gaugan_paint(
     examples:str=None, # folder of label files (or a data set folder with labels/) for "random example"
     precision:Annotated[str, {'choices': ['auto', 'fp32', 'bf16']}]='auto', # auto: bf16 where it is faster and keeps the picture, else fp32 (with NNPACK where that is faster)
     max_upload_mb:float=20., # the largest upload accepted, in MB
-    compile:bool=False, # compile the generator at start (seconds to a minute) for faster strokes (`fast_generator`)
+    compile:bool=False, # compile the generator at start (seconds to minutes) for faster strokes (`fast_generator`)
     log:bool=False, # print a line per request
     device:str=None, # e.g. cuda, cpu (default: the best available)
 ):

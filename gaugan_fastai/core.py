@@ -16,7 +16,7 @@ from fastai.torch_core import rank_distrib
 
 # %% auto #0
 __all__ = ['get_device', 'autocast_dtype', 'seeded', 'plain', 'to_pixels', 'to_uint8', 'notebook_threads',
-           'skip_collection_at_exit', 'is_main_process', 'shared_data']
+           'skip_collection_at_exit', 'torch_load_reason', 'load_torch_file', 'is_main_process', 'shared_data']
 
 # %% ../nbs/00_core.ipynb #6da65318
 def get_device(device:str|torch.device|None=None # `None` for the best available, else a device or its name
@@ -92,6 +92,26 @@ def skip_collection_at_exit():
     "Let this process end without Python's last garbage collections (seconds, once PyTorch and fastai are imported): the operating system takes its memory back anyway."
     atexit.unregister(gc.freeze)  # registered once, however often this is called
     atexit.register(gc.freeze)
+
+# %% ../nbs/00_core.ipynb #26dbdb13
+def torch_load_reason(e:Exception # what `torch.load` raised
+                     )->str:
+    "The first sentence of a `torch.load` error that says what is wrong with the file, with the error's type."
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    tag = 'WeightsUnpickler error:'  # the weights-only unpickler gives its reason after this, on the line or the next
+    found = [(l.split(tag, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else '')) for i, l in enumerate(lines) if tag in l]
+    reason = (found or lines or ['no message'])[0]
+    return f"{type(e).__name__}: {reason.split('. ')[0].rstrip('.')}"
+
+def load_torch_file(fn:str|Path, # a file written by `torch.save`
+                    what:str # what it should be, for the message: 'a model file written by gaugan_fastai'
+                   ):
+    "`torch.load` of `fn` (tensors on the CPU, `weights_only`); a file it cannot read is a one-line `ValueError` naming it."
+    fn = Path(fn)
+    if not fn.is_file(): raise FileNotFoundError(f"{fn} does not exist or is not a file (expected {what})")
+    try: return torch.load(fn, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{fn} is not {what}: torch.load cannot read its {fn.stat().st_size} bytes ({torch_load_reason(e)})") from e
 
 # %% ../nbs/00_core.ipynb #6ade8d70
 def is_main_process()->bool:

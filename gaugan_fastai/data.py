@@ -246,19 +246,23 @@ class ImageReader(Transform):
 
     def stored(self, fn:Path|str)->tuple:
         "(values `[H,W]` or `[H,W,C]` as stored in photo `fn`, mask of its valid values or `None` when all are valid)."
-        nodata = None
+        nodata, transparent = None, None
         if _is_geotiff(fn): raw, nodata = read_raster(fn, self.bands)
         else:
             try:
                 with Image.open(fn) as im:
                     if im.mode in _PIL_DEEP: raw = np.asarray(im)  # 16-bit, 32-bit integer or float: scaled by `rgb`
-                    else:  # every 8-bit mode (palette, grey, RGBA, CMYK...) as RGB
+                    elif im.has_transparency_data:  # RGBA, LA, or a palette or grey image with a transparent value
+                        rgba = np.asarray(im.convert('RGBA'))
+                        raw, transparent = rgba[..., :3], _half(rgba[..., 3] == 0, self.half)
+                    else:  # every other 8-bit mode (palette, grey, CMYK...) as RGB
                         if self.draft_size is not None and self.half is None: im.draft('RGB', self.draft_size)
                         raw = np.asarray(im.convert('RGB'))
             except Exception as e: raise ValueError(f"Cannot read {fn}: {e}") from e
         raw = _half(raw, self.half)
         valid = np.isfinite(raw) if raw.dtype.kind == 'f' else None
         if nodata is not None and not np.isnan(nodata): valid = (raw != nodata) & (True if valid is None else valid)
+        if transparent is not None and transparent.any(): valid = np.repeat(~transparent[..., None], 3, -1)
         return raw, valid
 
     def rgb(self, raw:np.ndarray, fn='', valid:np.ndarray|None=None)->np.ndarray:
@@ -502,7 +506,7 @@ class SpadeDataLoaders(DataLoaders):
                      size:int|tuple=256, # crop size (h,w) or side
                      load_size:int|tuple|None=None, # resize to this before cropping; default `default_load_size`
                      flip:bool=True, # random horizontal flips (training set only)
-                     valid_pct:float=0.2, # share of samples for validation, when no `splitter` or `valid_names`
+                     valid_pct:float|None=None, # share of samples for validation (default 0.2), when no `splitter` or `valid_names`
                      valid_names:list|str|Path|None=None, # the samples to validate on by name (label file stem), or a text file of names, one a line
                      seed:int|None=None, # seed of the random split, the batch order and the crops and flips
                      splitter:Callable|None=None, # fastai splitter over `samples`, overrides `valid_pct`
@@ -519,6 +523,9 @@ class SpadeDataLoaders(DataLoaders):
         "Check the arguments and `samples`, then build the paired pipeline and its loaders."
         samples = list(samples)
         if bs < 1: raise ValueError(f"batch size must be at least 1, got {bs}")
+        if num_workers is not None and num_workers < 0: raise ValueError(f"loader processes (num_workers) must be 0 or more, got {num_workers}")
+        if valid_pct is not None and valid_names is not None: raise ValueError("give either valid_pct or valid_names, not both")
+        valid_pct = ifnone(valid_pct, 0.2)
         if splitter is None and not 0 <= valid_pct < 1:
             raise ValueError(f"valid_pct is the share of samples held out for validation: at least 0 and below 1, got {valid_pct}")
         if min(size if is_listy(size) else [size]) < 1: raise ValueError(f"crop size must be at least 1 pixel, got {size}")

@@ -145,14 +145,14 @@ def fast_generator(net:nn.Module, # a trained generator: `SPADEGenerator` (CLADE
                    precision:str|None=None, # 'bf16' or 'fp32'; `None`: `fast_precision(device)`
                    channels_last:bool=False, # channels-last tensors
                    device:str|torch.device|None=None, # where it will run (`None`: where `net` is)
-                   compiled:bool=False # compile it with inductor, weights frozen in (the first call compiles: seconds to a minute)
+                   compiled:bool=False # compile it with inductor, weights frozen in (the first call compiles: seconds to minutes)
                   )->FastGenerator:
     "An inference-only copy of `net`: spectral norm baked in, SPADE `gamma|beta` convolutions stacked, in `precision`."
     device = get_device(device) if device is not None else next(net.parameters()).device
     precision = precision or fast_precision(device)
     if precision not in ('bf16', 'fp32'): raise ValueError(f"fast_generator: precision {precision!r} is not one of 'bf16', 'fp32'")
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
-    copied = bake_spectral_norm(detached_copy(net).to(device).eval().requires_grad_(False))
+    copied = bake_spectral_norm(detached_copy(net).to(device).eval()).requires_grad_(False)  # baked weights are new parameters
     for m in fuse(copied).modules():
         if type(m) is FusedSPADEResBlock: m.__class__ = FrozenSPADEResBlock; m.freeze()
     copied.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -168,7 +168,7 @@ def fast_synthesizer(synth:GauGANSynthesizer, # a trained synthesizer (e.g. `loa
     "A copy of `synth` that generates with `fast_generator`; `synth` itself is not changed (and can keep training)."
     g = synth.generator
     net = fast_generator(g.net, precision, channels_last, synth.device, compiled)
-    encoder = None if g.encoder is None else detached_copy(g.encoder).eval()
+    encoder = None if g.encoder is None else detached_copy(g.encoder).eval().requires_grad_(False)
     fast = copy.copy(synth)  # every setting of `synth` (classes, palette, reader, dontcare, georeference...), a new generator
     fast.generator = ConditionalGenerator(net, encoder, takes_z=g.takes_z, z_dim=g.z_dim).eval()
     return fast

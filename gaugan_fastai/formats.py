@@ -1,6 +1,7 @@
 """The one registry of the data layouts gaugan_fastai reads: plain folders, CMP Facades (raw and pix2pix layouts),
-ArcGIS land-cover exports, and the generated land-cover demo set. Each layout is one entry: its name, how to
-recognise it, its loader and a description.
+ArcGIS land-cover exports, the generated land-cover demo set, and the layouts of the data sets NVIDIA's models were
+trained on (COCO-Stuff, ADE20K, Cityscapes). Each layout is one entry: its name, how to recognise it, its loader and
+a description.
 
 Docs: https://gaugan-fastai.github.io/gaugan_fastai/formats.html.md"""
 

@@ -186,10 +186,7 @@ def load_synthesizer(fname:str|Path, # a file written by `GauGANSynthesizer.save
     "Load an exported generator for inference."
     fname = Path(fname)
     if not fname.is_file(): raise FileNotFoundError(f"Model file {fname} does not exist")
-    try: saved = torch.load(fname, map_location='cpu', weights_only=True)
-    except Exception as e: # torch.load's messages run to many lines: keep the first, the rest stays in the chain
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{fname} is not a model file written by gaugan_fastai: {reason}") from e
+    saved = load_torch_file(fname, 'a model file written by gaugan_fastai')
     if isinstance(saved, dict) and saved.get('format') == CHECKPOINT_FORMAT:
         raise ValueError(f"{fname} is a training checkpoint (epoch {saved['epoch']}), not an exported model: export it with "
                          f"gaugan-train DATA --checkpoints {fname.parent} --resume --epochs {saved['epoch'] + 1} --out MODEL.pth "

@@ -14,6 +14,7 @@ from torch import nn
 import torch.nn.functional as F
 import torchvision
 from torchvision.models import VGG19_Weights
+from .core import load_torch_file
 
 # %% auto #0
 __all__ = ['patch_scores', 'hinge_loss_d', 'hinge_loss_g', 'feature_matching_loss', 'kl_loss', 'vgg19_imagenet_state_dict',
@@ -68,7 +69,7 @@ def vgg19_imagenet_state_dict(weights_path:str|Path|None=None # a saved torchvis
         path = Path(weights_path).expanduser()
         if not path.is_file(): raise FileNotFoundError(f"VGG19 weights file {path} does not exist (expected a torchvision "
                                                        f"VGG19 state dict such as {Path(weights.url).name})")
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return load_torch_file(path, 'a torchvision VGG19 state dict')
     cached = Path(torch.hub.get_dir())/'checkpoints'/Path(weights.url).name
     try: return weights.get_state_dict(progress=False)
     except Exception as e:

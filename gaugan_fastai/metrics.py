@@ -25,7 +25,7 @@ from fastai.callback.core import Callback
 from fastai.callback.schedule import *
 from fastai.callback.fp16 import *
 from fastai.callback.channelslast import *
-from .core import get_device, autocast_dtype, plain, to_pixels
+from .core import get_device, autocast_dtype, plain, to_pixels, load_torch_file
 from .data import IGNORE_INDEX, semantic_input, show_samples
 from .formats import DATA_FORMATS, detect_format, data_loaders
 from .inference import load_synthesizer
@@ -143,7 +143,7 @@ def load_segmenter(path:str|Path, device=None)->SegmenterUNet:
     "Load a segmenter saved by `save_segmenter`, in eval mode on `device`."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"Segmenter file {path} does not exist: train one with `train_segmenter(dls, path=...)`")
-    d = torch.load(path, map_location='cpu', weights_only=True)
+    d = load_torch_file(path, "a segmenter saved by gaugan_fastai's `save_segmenter`")
     if not isinstance(d, dict) or d.get('kind') != 'gaugan_fastai.SegmenterUNet':
         raise ValueError(f"{path} is not a segmenter saved by gaugan_fastai's `save_segmenter`")
     model = SegmenterUNet(d['n_classes'], d['nf'], d['depth'], codes=d['codes'])
@@ -257,7 +257,9 @@ def load_inception(variant:str='pytorch-fid', # 'pytorch-fid' (the standard FID 
     "The Inception-v3 feature extractor for FID/KID, with weights from `path` or the torch hub cache."
     net = inception_network(variant)
     file = _inception_file(variant, path, download, timeout)
-    state = {k: v for k, v in torch.load(file, map_location='cpu', weights_only=True).items() if not k.startswith('AuxLogits.')}
+    state = load_torch_file(file, f'a file of {variant} Inception-v3 weights')
+    if not isinstance(state, dict): raise ValueError(f"{file} does not hold {variant} Inception-v3 weights: it holds a {type(state).__name__}")
+    state = {k: v for k, v in state.items() if not k.startswith('AuxLogits.')}
     try: net.load_state_dict(state)
     except RuntimeError as e: raise ValueError(f"{file} does not hold {variant} Inception-v3 weights: {str(e)[:300]}") from e
     return InceptionFeatures(net, variant).to(get_device(device))

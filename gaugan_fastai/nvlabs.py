@@ -190,17 +190,9 @@ def _run_files(path):
     return {'G': g, 'E': found(g.parent/f'{prefix}E.pth'), 'D': found(g.parent/f'{prefix}D.pth'),
             'opt': found(g.parent/'opt.txt')}
 
-def _load_reason(e):
-    "The line of a `torch.load` error that says what is wrong with the file."
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    if not lines: return type(e).__name__
-    after = [l for i, l in enumerate(lines[1:]) if lines[i].endswith('WeightsUnpickler error:')]  # the unpickler's reason
-    return after[0] if after else lines[0]
-
 def _read_state(fn, required, kind):
     "The state dict in `fn`, which must hold the key `required` of a `kind` network; one-line errors."
-    try: state = torch.load(fn, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f"{fn} is not a PyTorch checkpoint: {_load_reason(e)}") from e
+    state = load_torch_file(fn, 'a PyTorch checkpoint')
     if isinstance(state, dict) and str(state.get('format', '')).startswith('gaugan_fastai.'):
         raise ValueError(f"{fn} is a gaugan_fastai model file, not a checkpoint of NVlabs/SPADE: use load_synthesizer")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -191,6 +191,7 @@ class Painter:
                  compiled:bool=False # compile the generator (`fast_generator`): a slower start, faster strokes
                 ):
         if precision not in ('auto', 'fp32', 'bf16'): raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
+        if not max_upload_mb > 0: raise ValueError(f"the largest upload (max_upload_mb) must be above 0 MB, got {max_upload_mb}")
         self.examples = None if examples is None else example_files(examples)
         self.name, self.max_upload_bytes, self.compiled = name, int(max_upload_mb * 2**20), compiled
         self.n_classes = len(synth.codes)
@@ -417,6 +418,7 @@ class PaintServer(ThreadingHTTPServer):
         self.painter, self.log, self.height = painter, log, height
         self.page = {route: ((PAGE_DIR/fn).read_bytes(), ctype) for route, (fn, ctype) in PAGE_FILES.items()}
         self.address_family = socket.AF_INET6 if ':' in host else socket.AF_INET
+        if not 0 <= port <= 65535: raise ValueError(f"cannot serve on {host}:{port}: a port is in 0..65535 (0: a free one)")
         try: super().__init__((host, port), PaintHandler)
         except OSError as e: raise ValueError(f"cannot serve on {host}:{port}: {e.strerror or e}") from e
 

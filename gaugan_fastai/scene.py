@@ -330,6 +330,8 @@ def generate_scene_command(synth:GauGANSynthesizer, # the loaded model
     if len(labels) != 1: raise ValueError(f"--scene generates one label raster at a time, got {len(labels)} files")
     if n != 1: raise ValueError("--scene writes one image per raster: --n does not apply (use --seed for another style)")
     fn, out = Path(labels[0]), Path(out)
+    if out.suffix and out.suffix.lower() not in GEOTIFF_SUFFIXES and not out.is_dir():
+        raise ValueError(f"--out {out}: a scene is written as a GeoTIFF: name it .tif, or give a folder for {fn.stem}.tif")
     if out.suffix.lower() not in GEOTIFF_SUFFIXES: out = out/f'{fn.stem}.tif'
     res = synth.generate_scene(fn, out, style=style_image, **kwargs)
     print(scene_summary(res))
