@@ -168,6 +168,7 @@ def gaugan_generate(
                                                 style_scale=style_scale)
         outputs = _outputs(labels, n, out)
         if synth.takes_instances: print("The model takes instance edges; without instance maps, the class boundaries are used")
+        for fn in labels: synth.read_labels(fn)  # every label map checked before anything is written (read again below)
         writable_folder(out, 'output folder')  # after the inputs' checks: a refused command leaves no folder behind
         written = []
         for fn, (files, like) in progress_bar(list(zip(labels, outputs)), leave=False):

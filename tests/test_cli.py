@@ -150,7 +150,8 @@ def test_bad_input_in_process(work, tmp_path):
     assert not (tmp_path/'g').exists()  # checked before anything is generated
     Image.fromarray(np.full((32, 32), 9, np.uint8)).save(tmp_path/'nine.png')
     with pytest.raises(CliError, match=r'nine\.png: label values \[9\] are not among the class values'):
-        gaugan_generate(work/'model.pth', [tmp_path/'nine.png'], out=tmp_path/'g', device='cpu')
+        gaugan_generate(work/'model.pth', [label, tmp_path/'nine.png'], out=tmp_path/'g', device='cpu')
+    assert not (tmp_path/'g').exists()  # a bad label map after a good one: nothing written
     with pytest.raises(CliError, match='style image .*none.tif does not exist'):
         gaugan_generate(work/'model.pth', [label], style=tmp_path/'none.tif', out=tmp_path/'g', device='cpu')
     (tmp_path/'cmp').mkdir(); (tmp_path/'cmp'/'cmp_b0001.jpg').touch()
