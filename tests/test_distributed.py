@@ -154,26 +154,32 @@ def train(folder, steps, ema):
                            vgg=False, n_layers_D=2, checkpoint=None, steps=steps, ema=None if ema == 'none' else float(ema))
     start = {k: v.clone() for k, v in learn.model.state_dict().items()}
     with learn.distrib_ctx(), learn.no_logging(), learn.no_bar(): learn.fit(1, 1e-3)
-    torch.save({'weights': learn.model.state_dict(), 'start': start, 'steps': learn.train_iter}, f'weights_rank{os.environ["RANK"]}.pt')
+    torch.save({'weights': learn.model.state_dict(), 'start': start, 'steps': learn.train_iter}, f'{steps}/weights_rank{os.environ["RANK"]}.pt')
 
-notebook_launcher(train, args=tuple(sys.argv[1:]), num_processes=2)
+for scheme in sys.argv[2:]:  # steps:ema, one launch after the other from this process, as from a notebook
+    steps, ema = scheme.split(':')
+    os.makedirs(steps)
+    notebook_launcher(train, args=(sys.argv[1], steps, ema), num_processes=2)
 """
 
-def test_notebook_launcher_trains_on_two_processes(land):
-    "What the notebook section 'A notebook' shows: a function forked into 2 processes, trained inside `distrib_ctx`."
+@pytest.fixture(scope='module')
+def launched(land):
+    "A folder per training scheme, each trained by `notebook_launcher` on 2 processes; one Python process launches all three."
     (land/'nb').mkdir()
-    launch(sys.executable, '-c', NOTEBOOK, land/'data', 'alternate', 'none', cwd=land/'nb')
-    r0, r1 = (torch.load(land/'nb'/f'weights_rank{r}.pt') for r in (0, 1))
+    launch(sys.executable, '-c', NOTEBOOK, land/'data', 'alternate:none', 'paired_reuse:0.9', 'critic_first:0.9', cwd=land/'nb')
+    return land/'nb'
+
+def test_notebook_launcher_trains_on_two_processes(launched):
+    "What the notebook section 'A notebook' shows: a function forked into 2 processes, trained inside `distrib_ctx`."
+    r0, r1 = (torch.load(launched/'alternate'/f'weights_rank{r}.pt') for r in (0, 1))
     assert r0['steps'] == r1['steps'] == 2, (r0['steps'], r1['steps']) # 10 training tiles: 5 per process, 2 full batches of 2
     w0, w1 = r0['weights'], r1['weights']
     assert not [k for k in w0 if not torch.equal(w0[k], w1[k])]
 
 @pytest.mark.parametrize('steps', ['paired_reuse', 'critic_first'])
-def test_paired_steps_and_weight_average_on_two_processes(land, steps):
+def test_paired_steps_and_weight_average_on_two_processes(launched, steps):
     "Training schemes under DDP: both networks stepped on each batch, sharing one generator pass, and an EMA of the generator."
-    (land/steps).mkdir()
-    launch(sys.executable, '-c', NOTEBOOK, land/'data', steps, 0.9, cwd=land/steps)
-    r0, r1 = (torch.load(land/steps/f'weights_rank{r}.pt') for r in (0, 1))
+    r0, r1 = (torch.load(launched/steps/f'weights_rank{r}.pt') for r in (0, 1))
     assert r0['steps'] == r1['steps'] == 4, (r0['steps'], r1['steps']) # 2 batches per process, each trains both networks
     w0, w1 = r0['weights'], r1['weights']
     assert not [k for k in w0 if not torch.equal(w0[k], w1[k])] # the ranks agree, the average's weights included
