@@ -86,6 +86,7 @@ def gaugan_train(
     precision:Annotated[str, {'choices': ['auto', *_PRECISIONS]}]='fp32', # training precision; auto: bf16 where the hardware computes it natively
     ngf:int=_learner['ngf'], # generator width
     ndf:int=_learner['ndf'], # discriminator width
+    spade_hidden:int=_learner['spade_hidden'], # channels of each SPADE layer's hidden conv (the reference's 128; smaller is cheaper)
     vae:bool=True, # train the style encoder too (--no-vae: without it, random styles only, no --style)
     vgg:bool=True, # train with the VGG perceptual loss (--no-vgg: without it, e.g. offline, without the VGG19 weights)
     vgg_weights:str=None, # torchvision VGG19 state-dict file (default: torch hub cache)
@@ -110,8 +111,8 @@ def gaugan_train(
         if vgg and arch != 'pix2pix':
             try: vgg = VGGLoss(lambda_vgg=_learner['lambda_vgg'], weights_path=vgg_weights)
             except RuntimeError as e: raise ValueError(f"{e} On the command line: --vgg-weights FILE, or --no-vgg.") from e
-        learn = gaugan_learner(dls, arch=arch, ngf=ngf, ndf=ndf, use_vae=vae, vgg=vgg, lr=lr, steps=steps, ema=ema,
-                               precision=precision,
+        learn = gaugan_learner(dls, arch=arch, ngf=ngf, ndf=ndf, spade_hidden=spade_hidden, use_vae=vae, vgg=vgg, lr=lr,
+                               steps=steps, ema=ema, precision=precision,
                                checkpoint='gaugan', path=Path(checkpoints).absolute(), model_dir='.')
         start = learn.resume() if resume else 0
         n = num_processes()

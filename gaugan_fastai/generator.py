@@ -47,6 +47,7 @@ class SPADEGenerator(nn.Module):
                  crop_size:int=256, # width of the generated images
                  aspect_ratio:float=1.0, # width / height of the generated images
                  norm:str='spade', # label-conditioned normalization: 'spade' or 'clade'
+                 spade_hidden:int=128, # channels of each SPADE layer's shared conv (the reference's 128)
                  param_free_norm:str='syncbatch', # normalization inside it: 'batch', 'syncbatch' or 'instance'
                  init_type:str|None='xavier', # weight initialization (`init_weights`; `None`: PyTorch's default)
                  init_gain:float=0.02 # its gain, the reference's `init_variance`
@@ -59,7 +60,7 @@ class SPADEGenerator(nn.Module):
         if num_upsampling_layers == 'most' and ngf < 2: raise ValueError("num_upsampling_layers='most' needs ngf >= 2")
         nf = ngf
         self.fc = nn.Linear(z_dim, 16*nf*self.sh*self.sw) if use_vae else nn.Conv2d(label_nc, 16*nf, 3, padding=1)
-        block = lambda fin, fout: SPADEResBlock(fin, fout, label_nc, norm=norm, param_free_norm=param_free_norm)
+        block = lambda fin, fout: SPADEResBlock(fin, fout, label_nc, norm, param_free_norm, spade_hidden)
         self.head_0 = block(16*nf, 16*nf)
         self.G_middle_0, self.G_middle_1 = block(16*nf, 16*nf), block(16*nf, 16*nf)
         self.up_0, self.up_1, self.up_2, self.up_3 = block(16*nf, 8*nf), block(8*nf, 4*nf), block(4*nf, 2*nf), block(2*nf, nf)

@@ -84,12 +84,14 @@ def spectral_norm(module:nn.Module, # a layer with a `weight`, e.g. `nn.Conv2d`
 def conditional_norm(norm:str, # 'spade' or 'clade'
                      norm_nc:int, # channels of the activations
                      label_nc:int, # channels of the label map
-                     param_free_norm:str='syncbatch' # 'batch', 'syncbatch' or 'instance'
+                     param_free_norm:str='syncbatch', # 'batch', 'syncbatch' or 'instance'
+                     hidden:int=128 # channels of SPADE's shared conv (CLADE has none)
                     )->ConditionalNorm:
     "The label-conditioned normalization layer called `norm`."
-    norms = {'spade': SPADE, 'clade': CLADE}
-    if norm not in norms: raise ValueError(f"conditional_norm: unknown norm {norm!r}, expected one of {list(norms)}")
-    return norms[norm](norm_nc, label_nc, param_free_norm=param_free_norm)
+    if norm == 'spade': return SPADE(norm_nc, label_nc, param_free_norm, hidden)
+    if norm != 'clade': raise ValueError(f"conditional_norm: unknown norm {norm!r}, expected one of ['spade', 'clade']")
+    if hidden != 128: raise ValueError(f"conditional_norm: CLADE has no hidden conv, so hidden={hidden} does not apply")
+    return CLADE(norm_nc, label_nc, param_free_norm)
 
 # %% ../nbs/02_spade.ipynb #ebd86731
 class SPADEResBlock(nn.Module):
@@ -98,18 +100,19 @@ class SPADEResBlock(nn.Module):
                  fout:int, # output channels
                  label_nc:int, # channels of the label map
                  norm:str='spade', # 'spade' or 'clade'
-                 param_free_norm:str='syncbatch' # 'batch', 'syncbatch' or 'instance'
+                 param_free_norm:str='syncbatch', # 'batch', 'syncbatch' or 'instance'
+                 spade_hidden:int=128 # channels of each SPADE layer's shared conv (the reference's 128)
                 ):
         super().__init__()
         self.learned_shortcut = fin != fout
         fmiddle = min(fin, fout)
         self.conv_0 = spectral_norm(nn.Conv2d(fin, fmiddle, 3, padding=1))
         self.conv_1 = spectral_norm(nn.Conv2d(fmiddle, fout, 3, padding=1))
-        self.norm_0 = conditional_norm(norm, fin, label_nc, param_free_norm)
-        self.norm_1 = conditional_norm(norm, fmiddle, label_nc, param_free_norm)
+        self.norm_0 = conditional_norm(norm, fin, label_nc, param_free_norm, spade_hidden)
+        self.norm_1 = conditional_norm(norm, fmiddle, label_nc, param_free_norm, spade_hidden)
         if self.learned_shortcut:
             self.conv_s = spectral_norm(nn.Conv2d(fin, fout, 1, bias=False))
-            self.norm_s = conditional_norm(norm, fin, label_nc, param_free_norm)
+            self.norm_s = conditional_norm(norm, fin, label_nc, param_free_norm, spade_hidden)
 
     def shortcut(self, x, seg): return self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
 

@@ -16,6 +16,7 @@ from fastcore.script import CliError
 from gaugan_fastai.data import read_georef
 from gaugan_fastai.formats import make_landcover_demo, data_loaders, LANDCOVER_CLASSES
 from gaugan_fastai.inference import load_synthesizer
+from gaugan_fastai.layers import SPADE
 from gaugan_fastai.metrics import train_segmenter
 from gaugan_fastai.cli import gaugan_train, gaugan_generate, gaugan_evaluate, gaugan_convert
 
@@ -52,13 +53,15 @@ def test_train_writes_model_and_checkpoint(work):
     assert synth.size == (32, 32) and synth.codes == LANDCOVER_CLASSES
     assert (work/'checkpoints'/'gaugan_0.pth').is_file()
 
-def test_train_with_paired_reuse_steps_and_weight_average(work, tmp_path, capsys):
-    "--steps and --ema reach the learner: the exported model holds the average, updated once per generator step."
-    gaugan_train(str(work/'data'), epochs=1, steps='paired_reuse', ema=0.9, out=str(tmp_path/'ema.pth'),
+def test_train_with_paired_reuse_steps_weight_average_and_narrow_spade(work, tmp_path, capsys):
+    "--steps, --ema and --spade-hidden reach the learner: the exported model holds the average, updated once per generator step, and rebuilds with SPADE's narrower hidden convs."
+    gaugan_train(str(work/'data'), epochs=1, steps='paired_reuse', ema=0.9, spade_hidden=16, out=str(tmp_path/'ema.pth'),
                  checkpoints=str(tmp_path/'checkpoints'), size=32, bs=4, ngf=8, ndf=8, vgg=False, workers=0, device='cpu')
     assert 'paired_reuse steps, EMA decay 0.9' in capsys.readouterr().out
     batches = len(data_loaders(work/'data', size=32, bs=4, seed=0, num_workers=0, device='cpu').train)
-    assert load_synthesizer(tmp_path/'ema.pth', 'cpu').ema == dict(decay=0.9, warmup=True, updates=batches)
+    synth = load_synthesizer(tmp_path/'ema.pth', 'cpu')
+    assert synth.ema == dict(decay=0.9, warmup=True, updates=batches)
+    assert {m.mlp_shared[0].out_channels for m in synth.generator.modules() if isinstance(m, SPADE)} == {16}
 
 def _weights(fn): return torch.load(fn, map_location='cpu', weights_only=False)['model']
 
