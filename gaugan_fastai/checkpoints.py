@@ -21,9 +21,9 @@ from .core import *
 from .data import Sample
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'atomic_save', 'unfinished_saves', 'writable_folder', 'writable_file', 'CheckpointError',
-           'FolderLock', 'files_digest', 'data_fingerprint', 'schedule_fingerprint', 'fingerprint_differences',
-           'load_checkpoint', 'SaveCheckpointCallback']
+__all__ = ['CHECKPOINT_FORMAT', 'ADDED_SETTINGS', 'atomic_save', 'unfinished_saves', 'writable_folder', 'writable_file',
+           'CheckpointError', 'FolderLock', 'files_digest', 'data_fingerprint', 'schedule_fingerprint',
+           'fingerprint_differences', 'with_added_settings', 'load_checkpoint', 'SaveCheckpointCallback']
 
 # %% ../nbs/08b_checkpoints.ipynb #caf15b3b
 def atomic_save(obj, # what `torch.save` writes
@@ -192,6 +192,15 @@ def fingerprint_differences(saved:dict, # the fingerprint stored in a checkpoint
 
 # %% ../nbs/08b_checkpoints.ipynb #205d08fb
 CHECKPOINT_FORMAT = 'gaugan_fastai.checkpoint/1'
+# Settings the fingerprint gained after checkpoints of this format were first written, with the value every earlier
+# run had: a checkpoint that lacks one was trained with that value.
+ADDED_SETTINGS = {'model': {'spade_hidden': 128}}
+
+def with_added_settings(fingerprint:dict, # a checkpoint's or a run's fingerprint
+                        parts:list # the parts to keep, e.g. ['model', 'data']
+                       )->dict:
+    "`fingerprint`'s `parts`, with `ADDED_SETTINGS` where it lacks them (so an older checkpoint compares as what it was)."
+    return {k: {**ADDED_SETTINGS.get(k, {}), **fingerprint.get(k, {})} for k in parts}
 
 def load_checkpoint(fn:Path|str # a file written by `SaveCheckpointCallback`
                    )->dict:
@@ -352,7 +361,7 @@ def resume(self:SaveCheckpointCallback)->int:
     for fn in reversed(files):
         try:
             state = load_checkpoint(fn)
-            diffs = fingerprint_differences({k: state['fingerprint'].get(k, {}) for k in want}, want)
+            diffs = fingerprint_differences(*(with_added_settings(f, list(want)) for f in (state['fingerprint'], want)))
             if diffs: raise ValueError(f"saved with other settings ({'; '.join(diffs)})")
         except ValueError as e:
             refused.setdefault(str(e).replace(str(fn), 'it'), []).append(fn); continue
