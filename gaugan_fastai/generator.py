@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import store_attr
 from .core import plain
-from .layers import SPADEResBlock, init_weights
+from .layers import SPADEResBlock, SPADE_HIDDEN, init_weights
 
 # %% auto #0
 __all__ = ['upsampling_layers', 'latent_size', 'SPADEGenerator']
@@ -47,7 +47,7 @@ class SPADEGenerator(nn.Module):
                  crop_size:int=256, # width of the generated images
                  aspect_ratio:float=1.0, # width / height of the generated images
                  norm:str='spade', # label-conditioned normalization: 'spade' or 'clade'
-                 spade_hidden:int=128, # channels of each SPADE layer's shared conv (the reference's 128)
+                 spade_hidden:int=SPADE_HIDDEN, # channels of each SPADE layer's shared conv (the reference's 128)
                  param_free_norm:str='syncbatch', # normalization inside it: 'batch', 'syncbatch' or 'instance'
                  init_type:str|None='xavier', # weight initialization (`init_weights`; `None`: PyTorch's default)
                  init_gain:float=0.02 # its gain, the reference's `init_variance`

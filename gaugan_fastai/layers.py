@@ -15,8 +15,8 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from .core import plain
 
 # %% auto #0
-__all__ = ['norm_layer', 'ConditionalNorm', 'SPADE', 'FP32SpectralNorm', 'spectral_norm', 'conditional_norm', 'SPADEResBlock',
-           'CLADE', 'num_params', 'init_weights', 'xavier_ratios']
+__all__ = ['SPADE_HIDDEN', 'norm_layer', 'ConditionalNorm', 'SPADE', 'FP32SpectralNorm', 'spectral_norm', 'conditional_norm',
+           'SPADEResBlock', 'CLADE', 'num_params', 'init_weights', 'xavier_ratios']
 
 # %% ../nbs/02_spade.ipynb #e7b4605c
 def norm_layer(kind:str, # 'batch', 'syncbatch' or 'instance'
@@ -44,12 +44,14 @@ class ConditionalNorm(nn.Module):
         return self.param_free_norm(plain(x)) * (1 + gamma) + beta
 
 # %% ../nbs/02_spade.ipynb #14482346
+SPADE_HIDDEN = 128  # the reference's width of SPADE's hidden convs, and that of NVIDIA's pretrained models
+
 class SPADE(ConditionalNorm):
     "Spatially-adaptive normalization: `gamma` and `beta` maps computed by convs from the label map."
     def __init__(self, norm_nc:int, # channels of the activations `x`
                  label_nc:int, # channels of the label map
                  param_free_norm:str='syncbatch', # 'batch', 'syncbatch' or 'instance'
-                 hidden:int=128, # channels of the shared conv
+                 hidden:int=SPADE_HIDDEN, # channels of the shared conv
                  ks:int=3 # kernel size of the convs
                 ):
         super().__init__(norm_nc, param_free_norm)
@@ -85,12 +87,12 @@ def conditional_norm(norm:str, # 'spade' or 'clade'
                      norm_nc:int, # channels of the activations
                      label_nc:int, # channels of the label map
                      param_free_norm:str='syncbatch', # 'batch', 'syncbatch' or 'instance'
-                     hidden:int=128 # channels of SPADE's shared conv (CLADE has none)
+                     hidden:int=SPADE_HIDDEN # channels of SPADE's shared conv (CLADE has none)
                     )->ConditionalNorm:
     "The label-conditioned normalization layer called `norm`."
     if norm == 'spade': return SPADE(norm_nc, label_nc, param_free_norm, hidden)
     if norm != 'clade': raise ValueError(f"conditional_norm: unknown norm {norm!r}, expected one of ['spade', 'clade']")
-    if hidden != 128: raise ValueError(f"conditional_norm: CLADE has no hidden conv, so hidden={hidden} does not apply")
+    if hidden != SPADE_HIDDEN: raise ValueError(f"conditional_norm: CLADE has no hidden conv, so hidden={hidden} does not apply")
     return CLADE(norm_nc, label_nc, param_free_norm)
 
 # %% ../nbs/02_spade.ipynb #ebd86731
@@ -101,7 +103,7 @@ class SPADEResBlock(nn.Module):
                  label_nc:int, # channels of the label map
                  norm:str='spade', # 'spade' or 'clade'
                  param_free_norm:str='syncbatch', # 'batch', 'syncbatch' or 'instance'
-                 spade_hidden:int=128 # channels of each SPADE layer's shared conv (the reference's 128)
+                 spade_hidden:int=SPADE_HIDDEN # channels of each SPADE layer's shared conv (the reference's 128)
                 ):
         super().__init__()
         self.learned_shortcut = fin != fout

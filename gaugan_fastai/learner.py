@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from .core import *
 from .data import semantic_input, show_samples
 from .generator import SPADEGenerator
+from .layers import SPADE_HIDDEN
 from .encoder import ConvEncoder, reparameterize
 from .discriminator import MultiscaleDiscriminator
 from .losses import hinge_loss_d, hinge_loss_g, patch_scores, feature_matching_loss, VGGLoss, kl_loss
@@ -91,13 +92,13 @@ def conditional_generator(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
                           crop_size:int=256, # width of the images
                           aspect_ratio:float=1.0, # width / height of the images
                           num_upsampling_layers:str='normal', # 'normal', 'more' or 'most' (SPADE/CLADE only)
-                          spade_hidden:int=128, # channels of each SPADE layer's shared conv (SPADE only; the reference's 128)
+                          spade_hidden:int=SPADE_HIDDEN, # channels of each SPADE layer's shared conv (SPADE only; the reference's 128)
                           init_type:str|None='xavier', # initialization of SPADE/CLADE and the encoder (see `init_weights`)
                           init_gain:float=0.02 # its gain
                          )->ConditionalGenerator:
     "Build the generator side of the GAN named by `arch`, initialized as the reference initializes it."
     if arch == 'pix2pix': # as many U-Net levels as the image size allows, at most pix2pix's 8 (for 256x256)
-        if spade_hidden != 128: raise ValueError(f"spade_hidden={spade_hidden}: arch 'pix2pix' has no SPADE layers")
+        if spade_hidden != SPADE_HIDDEN: raise ValueError(f"spade_hidden={spade_hidden}: arch 'pix2pix' has no SPADE layers")
         num_downs = unet_depth(round(crop_size / aspect_ratio), crop_size)
         return ConditionalGenerator(UNetGenerator(label_nc, ngf=ngf, num_downs=num_downs), takes_z=False)
     if arch not in ('spade', 'clade'): raise ValueError(f"arch {arch!r} is not one of 'spade', 'clade', 'pix2pix'")
@@ -393,7 +394,7 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
                    num_D:int=2, # critic scales
                    n_layers_D:int=4, # layers of each critic
                    num_upsampling_layers:str='normal', # SPADE generator depth: 'normal', 'more', 'most'
-                   spade_hidden:int=128, # channels of each SPADE layer's shared conv (the reference's 128; smaller is cheaper)
+                   spade_hidden:int=SPADE_HIDDEN, # channels of each SPADE layer's shared conv (the reference's 128; smaller is cheaper)
                    lr:float=2e-4, # base learning rate (generator gets lr*ttur[0], critic lr*ttur[1])
                    ttur:tuple=(0.5, 2.), # learning-rate multipliers (generator, critic); (1, 1) turns TTUR off
                    betas:tuple=(0., 0.9), # Adam betas; beta1 stays betas[0] under every fastai schedule
