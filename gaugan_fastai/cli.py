@@ -7,7 +7,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/cli.html.md"""
 
 # %% ../nbs/15_cli.ipynb #524f1318
 from __future__ import annotations
-import inspect, json, re, warnings
+import json, re, warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +18,8 @@ from fastprogress.fastprogress import progress_bar
 from .core import *
 from .data import GEOTIFF_SUFFIXES, read_georef
 from .formats import DATA_FORMATS, detect_format, data_loaders
-from .learner import gaugan_learner, GAN_STEPS, NonFiniteLossError
+from .learner import gaugan_learner, conditional_generator, GAN_STEPS, NonFiniteLossError
+from .discriminator import MultiscaleDiscriminator
 from .checkpoints import CheckpointError, writable_file, writable_folder
 from .distributed import num_processes, launched_process_group, main_process_output
 from .losses import VGGLoss
@@ -33,8 +34,8 @@ from .paint import Painter, PaintServer
 skip_collection_at_exit()  # a command's process ends seconds sooner (core)
 
 # %% auto #0
-__all__ = ['DEMO_MINUTES', 'user_message', 'user_errors', 'given', 'defaults_of', 'gaugan_train', 'gaugan_generate',
-           'gaugan_convert', 'gaugan_demo', 'gaugan_bench', 'gaugan_evaluate', 'gaugan_paint']
+__all__ = ['DEMO_MINUTES', 'user_message', 'user_errors', 'gaugan_train', 'gaugan_generate', 'gaugan_convert', 'gaugan_demo',
+           'gaugan_bench', 'gaugan_evaluate', 'gaugan_paint']
 
 # %% ../nbs/15_cli.ipynb #e25810ed
 _WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.")
@@ -56,17 +57,9 @@ def user_errors(command:str # the command's name, which starts the message
     except (ValueError, OSError, CheckpointError, NonFiniteLossError) as e:
         raise CliError(f"{command}: error: {user_message(e)}") from e
 
-# %% ../nbs/15_cli.ipynb #5436056f
-def given(**kwargs)->dict:
-    "The keyword arguments whose value is not `None`, lists as lists: the options the user actually gave."
-    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items() if v is not None}
-
 # %% ../nbs/15_cli.ipynb #247e91aa
-def defaults_of(f)->dict:
-    "{parameter: default} of function `f`."
-    return {k: p.default for k, p in inspect.signature(f).parameters.items() if p.default is not inspect.Parameter.empty}
-
 _learner, _demo, _bench = defaults_of(gaugan_learner), defaults_of(run_demo), defaults_of(bench_gaugan)
+_generator, _critic = defaults_of(conditional_generator), defaults_of(MultiscaleDiscriminator)
 _ARCHS, _PRECISIONS = ['spade', 'clade', 'pix2pix'], ['fp32', 'bf16', 'fp16']
 
 # %% ../nbs/15_cli.ipynb #11550462
@@ -84,9 +77,9 @@ def gaugan_train(
     ema:float=_learner['ema'], # decay of an average of the generator's weights, exported for inference (e.g. 0.999; default: none)
     arch:Annotated[str, {'choices': _ARCHS}]='spade', # generator: SPADE (GauGAN), CLADE or the pix2pix U-Net
     precision:Annotated[str, {'choices': ['auto', *_PRECISIONS]}]='fp32', # training precision; auto: bf16 where the hardware computes it natively
-    ngf:int=_learner['ngf'], # generator width
-    ndf:int=_learner['ndf'], # discriminator width
-    spade_hidden:int=_learner['spade_hidden'], # channels of each SPADE layer's hidden conv (the reference's 128; smaller is cheaper)
+    ngf:int=_generator['ngf'], # generator width
+    ndf:int=_critic['ndf'], # discriminator width
+    spade_hidden:int=_generator['spade_hidden'], # channels of each SPADE layer's hidden conv (the reference's 128; smaller is cheaper)
     vae:bool=True, # train the style encoder too (--no-vae: without it, random styles only, no --style)
     vgg:bool=True, # train with the VGG perceptual loss (--no-vgg: without it, e.g. offline, without the VGG19 weights)
     vgg_weights:str=None, # torchvision VGG19 state-dict file (default: torch hub cache)

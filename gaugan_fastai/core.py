@@ -1,6 +1,7 @@
 """Small helpers every other notebook uses: choosing the device, the precision to compute in, reproducible random
 numbers, plain tensors out of fastai's typed ones, images as 8-bit pixels, threads when notebooks run side by
-side, a quick exit, which of several processes writes files, and finding the optional real data sets and fixtures.
+side, a quick exit, which of several processes writes files, finding the optional real data sets and fixtures, and
+the arguments a caller gave.
 
 Docs: https://gaugan-fastai.github.io/gaugan_fastai/core.html.md"""
 
@@ -8,7 +9,7 @@ Docs: https://gaugan-fastai.github.io/gaugan_fastai/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #8282b9de
 from __future__ import annotations
-import os, random, contextlib, atexit, gc
+import os, random, contextlib, atexit, gc, inspect
 from pathlib import Path
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ from fastai.torch_core import rank_distrib
 
 # %% auto #0
 __all__ = ['get_device', 'autocast_dtype', 'seeded', 'plain', 'to_pixels', 'to_uint8', 'notebook_threads',
-           'skip_collection_at_exit', 'torch_load_reason', 'load_torch_file', 'is_main_process', 'shared_data']
+           'skip_collection_at_exit', 'torch_load_reason', 'load_torch_file', 'is_main_process', 'shared_data', 'given',
+           'defaults_of']
 
 # %% ../nbs/00_core.ipynb #6da65318
 def get_device(device:str|torch.device|None=None # `None` for the best available, else a device or its name
@@ -133,3 +135,12 @@ def shared_data(name:str, # folder name of the data set, e.g. 'facades-cmp-base'
                       f"{'$GAUGAN_DATA and in ' if kind == 'data' else ''}shared/{kind} beside the project): "
                       "the cells that need it are skipped.")
     return None
+
+# %% ../nbs/00_core.ipynb #b2d4f8e1
+def given(**kwargs)->dict:
+    "The keyword arguments whose value is not `None`, lists as lists: the ones the caller actually gave."
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items() if v is not None}
+
+def defaults_of(f)->dict:
+    "{parameter: default} of function `f`."
+    return {k: p.default for k, p in inspect.signature(f).parameters.items() if p.default is not inspect.Parameter.empty}

@@ -14,12 +14,13 @@ from fastcore.basics import store_attr, basic_repr
 from .core import *
 from .data import onehot_channels
 from .discriminator import MultiscaleDiscriminator
-from .learner import ConditionalGenerator, conditional_generator
+from .learner import ConditionalGenerator, conditional_generator, generator_settings
 from .inference import GauGANSynthesizer, load_synthesizer
 from .nvlabs import NVLabsRun, load_nvlabs_run, critic_settings, is_nvlabs_run
 
 # %% auto #0
-__all__ = ['Pretrained', 'load_pretrained', 'input_sources', 'input_weights', 'transfer_weights', 'start_from']
+__all__ = ['Pretrained', 'load_pretrained', 'input_sources', 'input_weights', 'transfer_weights', 'start_from',
+           'refuse_other_settings']
 
 # %% ../nbs/09d_finetune.ipynb #7b1859aa
 class Pretrained:
@@ -129,7 +130,7 @@ def start_from(pretrained, # what `load_pretrained` takes
         raise ValueError(f"{pre.source}: a {pre.settings.get('arch')} generator; fine-tuning from a pretrained model takes SPADE generators")
     sources, dontcare = input_sources(pre, codes, instances, class_map)
     h, w = size
-    settings = {**pre.settings, 'label_nc': len(sources), 'crop_size': w, 'aspect_ratio': w / h}
+    settings = generator_settings(**{**pre.settings, 'label_nc': len(sources), 'crop_size': w, 'aspect_ratio': w / h})  # settings newer than its file: the reference's
     generator = conditional_generator(**settings, init_type=init_type, init_gain=init_gain)
     transfer_weights(generator, pre.generator, sources, f"the generator of {pre.source}")
     critic = None
@@ -138,3 +139,13 @@ def start_from(pretrained, # what `load_pretrained` takes
         n = pre.settings['label_nc']
         transfer_weights(critic, pre.critic, sources + [n, n + 1, n + 2], f"the discriminator of {pre.source}")
     return generator.train(), critic, settings, dontcare
+
+# %% ../nbs/09d_finetune.ipynb #9a8b7c6d
+def refuse_other_settings(given:dict, # settings the caller gave, e.g. {'ngf': 32}
+                          pretrained:dict, # the pretrained network's settings, by the same names
+                          what:str # the pretrained network, for the message
+                         ):
+    "Raise a `ValueError` naming each setting in `given` whose value is not the pretrained network's."
+    if bad := [f"{k}={v!r} (it has {pretrained[k]!r})" for k, v in given.items() if pretrained[k] != v]:
+        raise ValueError(f"{what}: {'; '.join(bad)}: fine-tuning keeps the pretrained architecture; leave "
+                         f"{'this setting' if len(bad) == 1 else 'these settings'} out, or train from scratch")

@@ -30,9 +30,10 @@ from .checkpoints import SaveCheckpointCallback
 from .ema import WeightAverage, GeneratorEMA
 
 # %% auto #0
-__all__ = ['GAN_STEPS', 'ConditionalGenerator', 'conditional_generator', 'GauGAN', 'GauGANLoss', 'LossTerm', 'GauGANTrainer',
-           'EachBatchTwice', 'PairedSteps', 'TTUR', 'gan_splitter', 'DeviceMixedPrecision', 'NonFiniteLossError',
-           'StopOnNonFinite', 'GauGANLearner', 'gaugan_learner']
+__all__ = ['GAN_STEPS', 'CRITIC_ARGS', 'ConditionalGenerator', 'conditional_generator', 'generator_settings', 'GauGAN',
+           'GauGANLoss', 'LossTerm', 'GauGANTrainer', 'EachBatchTwice', 'PairedSteps', 'TTUR', 'gan_splitter',
+           'DeviceMixedPrecision', 'NonFiniteLossError', 'StopOnNonFinite', 'GauGANLearner', 'critic_defaults',
+           'gaugan_learner']
 
 # %% ../nbs/08_learner.ipynb #cc017c08
 class ConditionalGenerator(Module):
@@ -107,6 +108,11 @@ def conditional_generator(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
                          init_type=init_type, init_gain=init_gain)
     encoder = ConvEncoder(ngf=ngf, z_dim=z_dim, crop_size=crop_size, init_type=init_type, init_gain=init_gain) if use_vae else None
     return ConditionalGenerator(net, encoder, z_dim=z_dim)
+
+# %% ../nbs/08_learner.ipynb #5b2c3d4e
+def generator_settings(**settings)->dict:
+    "Arguments of `conditional_generator` that rebuild a generator (all but its initialization): its defaults, updated with `settings`."
+    return {k: v for k, v in {**defaults_of(conditional_generator), **settings}.items() if k not in ('init_type', 'init_gain')}
 
 # %% ../nbs/08_learner.ipynb #e2c9bdd2
 class GauGAN(GANModule):
@@ -378,23 +384,31 @@ class GauGANLearner(Learner):
         "Load the newest usable checkpoint (`SaveCheckpointCallback.resume`); return the epoch to continue from."
         return self._saver().resume()
 
+# %% ../nbs/08_learner.ipynb #7d4e5f60
+CRITIC_ARGS = dict(ndf='ndf', num_D='num_D', n_layers_D='n_layers')  # `gaugan_learner`'s name of each `MultiscaleDiscriminator` setting
+
+def critic_defaults()->dict:
+    "The reference's discriminator settings (`MultiscaleDiscriminator`'s defaults), under `gaugan_learner`'s names."
+    d = defaults_of(MultiscaleDiscriminator)
+    return {k: d[a] for k, a in CRITIC_ARGS.items()}
+
 # %% ../nbs/08_learner.ipynb #605bddb5
 @delegates(Learner.__init__, but=['loss_func', 'opt_func', 'splitter', 'metrics', 'moms', 'wd'])
 def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, instances], images)`
                    arch:str='spade', # 'spade', 'clade' or 'pix2pix'
-                   ngf:int=64, # generator (and encoder) width
-                   ndf:int=64, # critic width
-                   z_dim:int=256, # style code size
-                   use_vae:bool=True, # train a style encoder (+ KL term); SPADE/CLADE only
+                   ngf:int|None=None, # generator (and encoder) width; `None`: the reference's (see below), or the pretrained model's
+                   ndf:int|None=None, # critic width; `None`: the reference's, or the pretrained critic's
+                   z_dim:int|None=None, # style code size; `None`: the reference's, or the pretrained model's
+                   use_vae:bool|None=None, # train a style encoder (+ KL term); SPADE/CLADE only; `None`: yes, or as the pretrained model
                    vgg:bool|nn.Module=True, # VGG perceptual loss: True for `VGGLoss()`, False for none, or a module
                    lambda_fm:float=10., # feature-matching weight (SPADE/CLADE)
                    lambda_vgg:float=10., # VGG weight (when `vgg=True`)
                    lambda_kl:float=0.05, # KL weight
                    lambda_l1:float=100., # L1 weight (pix2pix only)
-                   num_D:int=2, # critic scales
-                   n_layers_D:int=4, # layers of each critic
-                   num_upsampling_layers:str='normal', # SPADE generator depth: 'normal', 'more', 'most'
-                   spade_hidden:int=SPADE_HIDDEN, # channels of each SPADE layer's shared conv (the reference's 128; smaller is cheaper)
+                   num_D:int|None=None, # critic scales; `None`: the reference's, or the pretrained critic's
+                   n_layers_D:int|None=None, # layers of each critic; `None`: the reference's, or the pretrained critic's
+                   num_upsampling_layers:str|None=None, # SPADE generator depth: 'normal', 'more', 'most'; `None`: the reference's, or the pretrained model's
+                   spade_hidden:int|None=None, # channels of each SPADE layer's shared conv (smaller is cheaper); `None`: the reference's 128, or the pretrained model's
                    lr:float=2e-4, # base learning rate (generator gets lr*ttur[0], critic lr*ttur[1])
                    ttur:tuple=(0.5, 2.), # learning-rate multipliers (generator, critic); (1, 1) turns TTUR off
                    betas:tuple=(0., 0.9), # Adam betas; beta1 stays betas[0] under every fastai schedule
@@ -418,32 +432,39 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
     if steps not in GAN_STEPS: raise ValueError(f"steps {steps!r} is not one of {', '.join(map(repr, GAN_STEPS))}")
     if steps != 'alternate' and (n_crit != 1 or switcher is not None):
         raise ValueError(f"steps={steps!r} takes one generator and one critic step per batch: n_crit and switcher are for steps='alternate'")
-    for name, v in dict(ngf=ngf, ndf=ndf, z_dim=z_dim, num_D=num_D, n_layers_D=n_layers_D).items():
+    for name, v in given(ngf=ngf, ndf=ndf, z_dim=z_dim, num_D=num_D, n_layers_D=n_layers_D).items():
         if v < 1: raise ValueError(f"{name} must be at least 1, got {v}")
     if len(dls.train) == 0:
         raise ValueError(f"batch size {dls.train.bs} is larger than the training set ({len(dls.train_ds)} samples): "
                          "not one full batch to train on; lower the batch size")
     pix2pix = arch == 'pix2pix'
-    use_vae, lambda_fm, lambda_kl = use_vae and not pix2pix, 0. if pix2pix else lambda_fm, 0. if pix2pix else lambda_kl
+    lambda_fm, lambda_kl = 0. if pix2pix else lambda_fm, 0. if pix2pix else lambda_kl
     lambda_l1 = lambda_l1 if pix2pix else 0.
     vgg = (VGGLoss(lambda_vgg=lambda_vgg) if vgg is True else vgg or None) if not pix2pix else None
     h, w = dls.one_batch()[-1].shape[-2:]
+    generator_given = dict(arch=arch, **given(ngf=ngf, z_dim=z_dim, use_vae=use_vae, num_upsampling_layers=num_upsampling_layers,
+                                              spade_hidden=spade_hidden))
+    critic_given, critic_settings = given(ndf=ndf, num_D=num_D, n_layers_D=n_layers_D), critic_defaults()
     if pretrained is None:
         if class_map is not None: raise ValueError("class_map maps the data's classes to a pretrained model's: pass `pretrained` too")
-        settings = dict(arch=arch, label_nc=dls.semantic_nc, ngf=ngf, z_dim=z_dim, use_vae=use_vae, crop_size=w,
-                        aspect_ratio=w/h, num_upsampling_layers=num_upsampling_layers, spade_hidden=spade_hidden)
+        settings = generator_settings(**generator_given, label_nc=dls.semantic_nc, crop_size=w, aspect_ratio=w/h)
+        if pix2pix: settings['use_vae'] = False
         generator, critic, dontcare_channel = conditional_generator(**settings, init_type=init_type, init_gain=init_gain), None, None
     else:
-        from .finetune import start_from  # `finetune` builds on this module, so it is imported when used
-        generator, critic, settings, dontcare_channel = start_from(pretrained, dls.codes, dls.n_inp == 2, (h, w), class_map,
-                                                                   init_type, init_gain)
-        use_vae = generator.encoder is not None
-    critic = ifnone(critic, MultiscaleDiscriminator(settings['label_nc'] + 3, ndf=ndf, n_layers=n_layers_D, num_D=num_D,
+        from .finetune import load_pretrained, start_from, refuse_other_settings  # `finetune` builds on this module, so it is imported when used
+        pre = load_pretrained(pretrained)
+        generator, critic, settings, dontcare_channel = start_from(pre, dls.codes, dls.n_inp == 2, (h, w), class_map, init_type, init_gain)
+        refuse_other_settings(generator_given, settings, f"the generator of {pre.source}")
+        if critic is not None:
+            critic_settings = {k: pre.critic_settings[a] for k, a in CRITIC_ARGS.items()}
+            refuse_other_settings(critic_given, critic_settings, f"the discriminator of {pre.source}")
+    critic_settings.update(critic_given)
+    critic = ifnone(critic, MultiscaleDiscriminator(settings['label_nc'] + 3, **{a: critic_settings[k] for k, a in CRITIC_ARGS.items()},
                                                     init_type=init_type, init_gain=init_gain))
     model = GauGAN(generator, critic, dls.c, dontcare_channel, None if ema is None else WeightAverage(generator, ema))
     loss = GauGANLoss(model, lambda_fm, lambda_kl, lambda_l1, vgg)
     if channels_last and vgg is not None: vgg.to(memory_format=torch.channels_last)  # `ChannelsLast` converts the model only
-    run_settings = dict(settings, ndf=ndf, num_D=num_D, n_layers_D=n_layers_D, precision=precision, lambda_fm=lambda_fm,
+    run_settings = dict(settings, **critic_settings, precision=precision, lambda_fm=lambda_fm,
                         lambda_kl=lambda_kl, lambda_l1=lambda_l1, lambda_vgg=getattr(vgg, 'lambda_vgg', None if vgg is None else 1.),
                         ttur=ttur, betas=betas, switcher=type(switcher).__name__ if switcher else f'FixedGANSwitcher(n_crit={n_crit})',
                         init_type=init_type, init_gain=init_gain, steps=steps, ema=ema)  # what a checkpoint's fingerprint records of the model
