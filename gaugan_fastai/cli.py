@@ -18,8 +18,7 @@ from fastprogress.fastprogress import progress_bar
 from .core import *
 from .data import GEOTIFF_SUFFIXES, read_georef
 from .formats import DATA_FORMATS, detect_format, data_loaders
-from .learner import gaugan_learner, conditional_generator, GAN_STEPS, NonFiniteLossError
-from .discriminator import MultiscaleDiscriminator
+from .learner import gaugan_learner, conditional_generator, critic_args_of, GAN_STEPS, NonFiniteLossError
 from .checkpoints import CheckpointError, writable_file, writable_folder
 from .distributed import num_processes, launched_process_group, main_process_output
 from .losses import VGGLoss
@@ -59,7 +58,7 @@ def user_errors(command:str # the command's name, which starts the message
 
 # %% ../nbs/15_cli.ipynb #247e91aa
 _learner, _demo, _bench = defaults_of(gaugan_learner), defaults_of(run_demo), defaults_of(bench_gaugan)
-_generator, _critic = defaults_of(conditional_generator), defaults_of(MultiscaleDiscriminator)
+_generator, _critic = defaults_of(conditional_generator), critic_args_of()
 _ARCHS, _PRECISIONS = ['spade', 'clade', 'pix2pix'], ['fp32', 'bf16', 'fp16']
 
 # %% ../nbs/15_cli.ipynb #11550462

@@ -14,7 +14,7 @@ from fastcore.basics import store_attr, basic_repr
 from .core import *
 from .data import onehot_channels
 from .discriminator import MultiscaleDiscriminator
-from .learner import ConditionalGenerator, conditional_generator, generator_settings
+from .learner import ConditionalGenerator, conditional_generator, full_generator_settings
 from .inference import GauGANSynthesizer, load_synthesizer
 from .nvlabs import NVLabsRun, load_nvlabs_run, critic_settings, is_nvlabs_run
 
@@ -130,7 +130,7 @@ def start_from(pretrained, # what `load_pretrained` takes
         raise ValueError(f"{pre.source}: a {pre.settings.get('arch')} generator; fine-tuning from a pretrained model takes SPADE generators")
     sources, dontcare = input_sources(pre, codes, instances, class_map)
     h, w = size
-    settings = generator_settings(**{**pre.settings, 'label_nc': len(sources), 'crop_size': w, 'aspect_ratio': w / h})  # settings newer than its file: the reference's
+    settings = full_generator_settings(**{**pre.settings, 'label_nc': len(sources), 'crop_size': w, 'aspect_ratio': w / h})  # settings newer than its file: the reference's
     generator = conditional_generator(**settings, init_type=init_type, init_gain=init_gain)
     transfer_weights(generator, pre.generator, sources, f"the generator of {pre.source}")
     critic = None
@@ -141,11 +141,11 @@ def start_from(pretrained, # what `load_pretrained` takes
     return generator.train(), critic, settings, dontcare
 
 # %% ../nbs/09d_finetune.ipynb #9a8b7c6d
-def refuse_other_settings(given:dict, # settings the caller gave, e.g. {'ngf': 32}
+def refuse_other_settings(asked:dict, # settings the caller gave, e.g. {'ngf': 32}
                           pretrained:dict, # the pretrained network's settings, by the same names
                           what:str # the pretrained network, for the message
                          ):
-    "Raise a `ValueError` naming each setting in `given` whose value is not the pretrained network's."
-    if bad := [f"{k}={v!r} (it has {pretrained[k]!r})" for k, v in given.items() if pretrained[k] != v]:
+    "Raise a `ValueError` naming each setting in `asked` whose value is not the pretrained network's."
+    if bad := [f"{k}={v!r} (it has {pretrained[k]!r})" for k, v in asked.items() if pretrained[k] != v]:
         raise ValueError(f"{what}: {'; '.join(bad)}: fine-tuning keeps the pretrained architecture; leave "
                          f"{'this setting' if len(bad) == 1 else 'these settings'} out, or train from scratch")

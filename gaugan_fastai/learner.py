@@ -30,9 +30,9 @@ from .checkpoints import SaveCheckpointCallback
 from .ema import WeightAverage, GeneratorEMA
 
 # %% auto #0
-__all__ = ['GAN_STEPS', 'CRITIC_ARGS', 'ConditionalGenerator', 'conditional_generator', 'generator_settings', 'GauGAN',
+__all__ = ['GAN_STEPS', 'CRITIC_ARGS', 'ConditionalGenerator', 'conditional_generator', 'full_generator_settings', 'GauGAN',
            'GauGANLoss', 'LossTerm', 'GauGANTrainer', 'EachBatchTwice', 'PairedSteps', 'TTUR', 'gan_splitter',
-           'DeviceMixedPrecision', 'NonFiniteLossError', 'StopOnNonFinite', 'GauGANLearner', 'critic_defaults',
+           'DeviceMixedPrecision', 'NonFiniteLossError', 'StopOnNonFinite', 'GauGANLearner', 'critic_args_of',
            'gaugan_learner']
 
 # %% ../nbs/08_learner.ipynb #cc017c08
@@ -110,7 +110,7 @@ def conditional_generator(arch:str='spade', # 'spade', 'clade' or 'pix2pix'
     return ConditionalGenerator(net, encoder, z_dim=z_dim)
 
 # %% ../nbs/08_learner.ipynb #5b2c3d4e
-def generator_settings(**settings)->dict:
+def full_generator_settings(**settings)->dict:
     "Arguments of `conditional_generator` that rebuild a generator (all but its initialization): its defaults, updated with `settings`."
     return {k: v for k, v in {**defaults_of(conditional_generator), **settings}.items() if k not in ('init_type', 'init_gain')}
 
@@ -387,10 +387,11 @@ class GauGANLearner(Learner):
 # %% ../nbs/08_learner.ipynb #7d4e5f60
 CRITIC_ARGS = dict(ndf='ndf', num_D='num_D', n_layers_D='n_layers')  # `gaugan_learner`'s name of each `MultiscaleDiscriminator` setting
 
-def critic_defaults()->dict:
-    "The reference's discriminator settings (`MultiscaleDiscriminator`'s defaults), under `gaugan_learner`'s names."
-    d = defaults_of(MultiscaleDiscriminator)
-    return {k: d[a] for k, a in CRITIC_ARGS.items()}
+def critic_args_of(settings:dict|None=None # arguments of `MultiscaleDiscriminator`, e.g. a pretrained discriminator's
+                  )->dict:
+    "`gaugan_learner`'s discriminator arguments (`CRITIC_ARGS`) for `settings`; `MultiscaleDiscriminator`'s defaults (the reference's) where it has none."
+    settings = {**defaults_of(MultiscaleDiscriminator), **(settings or {})}
+    return {k: settings[a] for k, a in CRITIC_ARGS.items()}
 
 # %% ../nbs/08_learner.ipynb #605bddb5
 @delegates(Learner.__init__, but=['loss_func', 'opt_func', 'splitter', 'metrics', 'moms', 'wd'])
@@ -444,10 +445,10 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
     h, w = dls.one_batch()[-1].shape[-2:]
     generator_given = dict(arch=arch, **given(ngf=ngf, z_dim=z_dim, use_vae=use_vae, num_upsampling_layers=num_upsampling_layers,
                                               spade_hidden=spade_hidden))
-    critic_given, critic_settings = given(ndf=ndf, num_D=num_D, n_layers_D=n_layers_D), critic_defaults()
+    critic_given, critic_args = given(ndf=ndf, num_D=num_D, n_layers_D=n_layers_D), critic_args_of()
     if pretrained is None:
         if class_map is not None: raise ValueError("class_map maps the data's classes to a pretrained model's: pass `pretrained` too")
-        settings = generator_settings(**generator_given, label_nc=dls.semantic_nc, crop_size=w, aspect_ratio=w/h)
+        settings = full_generator_settings(**generator_given, label_nc=dls.semantic_nc, crop_size=w, aspect_ratio=w/h)
         if pix2pix: settings['use_vae'] = False
         generator, critic, dontcare_channel = conditional_generator(**settings, init_type=init_type, init_gain=init_gain), None, None
     else:
@@ -456,15 +457,15 @@ def gaugan_learner(dls:DataLoaders, # `SpadeDataLoaders`: batches `(labels[, ins
         generator, critic, settings, dontcare_channel = start_from(pre, dls.codes, dls.n_inp == 2, (h, w), class_map, init_type, init_gain)
         refuse_other_settings(generator_given, settings, f"the generator of {pre.source}")
         if critic is not None:
-            critic_settings = {k: pre.critic_settings[a] for k, a in CRITIC_ARGS.items()}
-            refuse_other_settings(critic_given, critic_settings, f"the discriminator of {pre.source}")
-    critic_settings.update(critic_given)
-    critic = ifnone(critic, MultiscaleDiscriminator(settings['label_nc'] + 3, **{a: critic_settings[k] for k, a in CRITIC_ARGS.items()},
+            critic_args = critic_args_of(pre.critic_settings)
+            refuse_other_settings(critic_given, critic_args, f"the discriminator of {pre.source}")
+    critic_args.update(critic_given)
+    critic = ifnone(critic, MultiscaleDiscriminator(settings['label_nc'] + 3, **{a: critic_args[k] for k, a in CRITIC_ARGS.items()},
                                                     init_type=init_type, init_gain=init_gain))
     model = GauGAN(generator, critic, dls.c, dontcare_channel, None if ema is None else WeightAverage(generator, ema))
     loss = GauGANLoss(model, lambda_fm, lambda_kl, lambda_l1, vgg)
     if channels_last and vgg is not None: vgg.to(memory_format=torch.channels_last)  # `ChannelsLast` converts the model only
-    run_settings = dict(settings, **critic_settings, precision=precision, lambda_fm=lambda_fm,
+    run_settings = dict(settings, **critic_args, precision=precision, lambda_fm=lambda_fm,
                         lambda_kl=lambda_kl, lambda_l1=lambda_l1, lambda_vgg=getattr(vgg, 'lambda_vgg', None if vgg is None else 1.),
                         ttur=ttur, betas=betas, switcher=type(switcher).__name__ if switcher else f'FixedGANSwitcher(n_crit={n_crit})',
                         init_type=init_type, init_gain=init_gain, steps=steps, ema=ema)  # what a checkpoint's fingerprint records of the model
