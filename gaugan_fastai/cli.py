@@ -68,6 +68,8 @@ def gaugan_train(
     format:Annotated[str, {'choices': list(DATA_FORMATS)}]=None, # its layout (default: recognised from the folder)
     codes:Annotated[str, {'nargs': '+'}]=None, # class names (folders format; overrides an ArcGIS export's)
     values:Annotated[int, {'nargs': '+'}]=None, # label value of each class (folders, ArcGIS)
+    ignore_values:Annotated[int, {'nargs': '+'}]=None, # label values of unlabeled pixels, trained as dontcare (folders; ArcGIS: default 0 unless a class)
+    unknown:Annotated[str, {'choices': ['error', 'ignore']}]=None, # label values neither a class nor ignored: an error (default), or dontcare (folders, ArcGIS)
     size:int=256, # crop size (square, pixels)
     bs:int=8, # batch size per process (N processes under torchrun or accelerate launch: batches of N x --bs)
     epochs:int=10, # epochs in total (with --resume: including those already done)
@@ -98,7 +100,8 @@ def gaugan_train(
         writable_file(out, 'model file')  # now, not after the last epoch
         format = ifnone(format, detect_format(data))
         dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, cache=cache, device=get_device(device),
-                           **given(codes=codes, values=values, valid_pct=valid_pct, valid_names=valid_names))
+                           **given(codes=codes, values=values, ignore_values=ignore_values, unknown=unknown,
+                                         valid_pct=valid_pct, valid_names=valid_names))
         if precision == 'auto': precision = fast_precision(dls.device)
         if vgg and arch != 'pix2pix':
             try: vgg = VGGLoss(lambda_vgg=_learner['lambda_vgg'], weights_path=vgg_weights)
@@ -254,6 +257,8 @@ def gaugan_evaluate(
     grid:str=None, # picture of label maps, generated and real photos of the first batch (default: --out as .png)
     codes:Annotated[str, {'nargs': '+'}]=None, # class names (folders format)
     values:Annotated[int, {'nargs': '+'}]=None, # label value of each class (folders, ArcGIS)
+    ignore_values:Annotated[int, {'nargs': '+'}]=None, # label values of unlabeled pixels, as in training
+    unknown:Annotated[str, {'choices': ['error', 'ignore']}]=None, # label values neither a class nor ignored: an error (default), or dontcare, as in training
     valid_pct:float=None, # share of the data held out for validation, as in training (default 0.2)
     valid_names:str=None, # file naming the held-out samples (label file stems), one a line, as in training
     seed:int=0, # seed of the split, as in training, and of the style codes
@@ -269,7 +274,8 @@ def gaugan_evaluate(
         res = evaluate_model(model, data, format=format, split=split, segmenter=segmenter, out=out, bs=bs,
                              grid=ifnone(grid, Path(out).with_suffix('.png')),
                              max_batches=max_batches, n_diversity=n_diversity, style_seed=seed, device=device,
-                             seed=seed, num_workers=workers, **given(codes=codes, values=values, valid_pct=valid_pct, valid_names=valid_names))
+                             seed=seed, num_workers=workers, **given(codes=codes, values=values, ignore_values=ignore_values,
+                                                                               unknown=unknown, valid_pct=valid_pct, valid_names=valid_names))
     print(format_scores(res))
     print(f"Scores written to {out}, pictures to {res['grid']}")
     return res

@@ -538,8 +538,10 @@ def evaluate_model(model_path:str|Path, # a model file written by `learn.export_
     synth = load_synthesizer(model_path, device)
     format = ifnone(format, detect_format(data_path))
     if format in DATA_FORMATS and DATA_FORMATS[format].accepts('codes') and not {'codes', 'values'} & set(data_kwargs):
-        values = synth.label_reader.values if synth.label_reader is not None else range(len(synth.codes))
+        reader = synth.label_reader
+        values = reader.values if reader is not None else range(len(synth.codes))
         data_kwargs.update(codes=list(synth.codes), values=list(values))  # the files hold the model's label values
+        if reader is not None: data_kwargs = dict(ignore_values=list(reader.ignore_values), unknown=reader.unknown) | data_kwargs
     dls = data_loaders(data_path, format, size=synth.size, bs=bs, device=synth.device, **data_kwargs)
     if list(dls.codes) != list(synth.codes):
         raise ValueError(f"the model {model_path} was trained for classes {list(synth.codes)}, the data {data_path} has {list(dls.codes)}")

@@ -124,6 +124,30 @@ def test_evaluate_writes_json(work, segmenter):
     assert res['codes'] == LANDCOVER_CLASSES and res['format'] == 'arcgis'
     assert 'mIoU (generated)' in p.stdout and 'Scores written to scores.json' in p.stdout
 
+def test_unlabeled_pixels_and_other_values(tmp_path):
+    "Label value 0 marks unlabeled pixels: without an option the error names the file and the options; --ignore-values and --unknown make them dontcare; gaugan-evaluate then reads the data as the model was trained, without repeating them."
+    rng = np.random.default_rng(0)
+    for d in ('labels', 'images'): (tmp_path/'data'/d).mkdir(parents=True)
+    for i in range(10):
+        labels = rng.integers(0, 4, (4, 4)).repeat(8, 0).repeat(8, 1).astype(np.uint8)  # 0: unlabeled; 1, 2, 3: classes
+        Image.fromarray(labels).save(tmp_path/'data'/'labels'/f'{i}.png')
+        Image.fromarray((labels[..., None] * 60 + rng.integers(0, 20, (32, 32, 3))).astype(np.uint8)).save(tmp_path/'data'/'images'/f'{i}.png')
+    codes = ['water', 'forest', 'field']
+    tiny = dict(codes=codes, values=[1, 2, 3], epochs=1, size=32, bs=4, ngf=8, ndf=8, vae=False, vgg=False, workers=0, device='cpu')
+    with pytest.raises(CliError, match=r"labels/\d\.png: label values \[0\] are not among the class values \[1, 2, 3\].*--ignore-values, --unknown ignore"):
+        gaugan_train(str(tmp_path/'data'), out=str(tmp_path/'none.pth'), checkpoints=str(tmp_path/'c0'), **tiny)
+    for option, model in ((dict(ignore_values=[0]), 'ignored.pth'), (dict(unknown='ignore'), 'unknown.pth')):
+        gaugan_train(str(tmp_path/'data'), out=str(tmp_path/model), checkpoints=str(tmp_path/model.replace('.pth', '')), **option, **tiny)
+    reader = load_synthesizer(tmp_path/'ignored.pth', 'cpu').label_reader
+    assert (list(reader.ignore_values), reader.unknown) == ([0], 'error')
+    assert load_synthesizer(tmp_path/'unknown.pth', 'cpu').label_reader.unknown == 'ignore'
+    dls = data_loaders(tmp_path/'data', codes=codes, values=[1, 2, 3], ignore_values=[0], size=32, bs=4, seed=0, num_workers=0, device='cpu')
+    train_segmenter(dls, epochs=1, path=tmp_path/'seg.pth')
+    for model in ('ignored.pth', 'unknown.pth'):
+        res = gaugan_evaluate(str(tmp_path/model), str(tmp_path/'data'), segmenter=str(tmp_path/'seg.pth'), out=str(tmp_path/'scores.json'),
+                              bs=4, n_diversity=2, workers=0, device='cpu')
+        assert res['n_images'] == 2 and res['codes'] == codes
+
 def _clear_error(p, *words):
     "A failed command printed no Python traceback, and one line starting with the command's name and `words`."
     assert 'Traceback (most recent call last)' not in p.stderr, p.stderr
