@@ -144,7 +144,7 @@ def gaugan_generate(
     dataset:Annotated[str, {'choices': list(NVLABS_PRESETS)}]=None, # data set of an NVlabs/SPADE run without opt.txt
     out:str='generated', # folder for the images (with --scene: a .tif file, or a folder for <raster name>.tif)
     style:str=None, # photo whose style to copy (models trained with the style encoder)
-    n:int=1, # images per label map, each with its own style code
+    n:int=1, # images per label map, each with its own style code (a model without a style input makes one image n times)
     seed:int=None, # seed of the style codes (the same seed gives the same images)
     scene:bool=False, # one seamless GeoTIFF for a whole label raster of any size (overlapping tiles, blended)
     overlap:int=None, # with --scene: overlap of neighbouring tiles in pixels (default: a quarter of a tile)
@@ -160,6 +160,8 @@ def gaugan_generate(
         synth = load_model(model, dataset, device)
         synth = fast_synthesizer(synth, fast_precision(synth.device) if precision == 'auto' else precision)
         style_image = None if style is None else synth.read_style(style)
+        if n > 1 and synth.generator.encoder is None:
+            print(f"The model has no style input (it was trained without the style encoder): its {n} images per label map are the same")
         if scene: return generate_scene_command(synth, labels, out, style_image, n=n, overlap=overlap, seed=seed,
                                                 style_scale=style_scale)
         outputs = _outputs(labels, n, out)
