@@ -132,6 +132,9 @@ def start_from(pretrained, # what `load_pretrained` takes
     h, w = size
     settings = full_generator_settings(**{**pre.settings, 'label_nc': len(sources), 'crop_size': w, 'aspect_ratio': w / h})  # settings newer than its file: the reference's
     generator = conditional_generator(**settings, init_type=init_type, init_gain=init_gain)
+    if pre.generator.encoder is not None and pre.generator.encoder.state_dict().keys() != generator.encoder.state_dict().keys():
+        raise ValueError(f"{pre.source}: its style encoder was built for {pre.settings['crop_size']}-pixel images and has another number of "
+                         f"layers than one for the data's {w}: fine-tune at the pretrained model's size")
     transfer_weights(generator, pre.generator, sources, f"the generator of {pre.source}")
     critic = None
     if pre.critic is not None:
