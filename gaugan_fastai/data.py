@@ -202,7 +202,7 @@ class LabelReader(Transform):
                 raise ValueError(f"{fn}: label values {np.unique(raw[unknown])[:10].tolist()} are not among the class values "
                                  f"{self.values} (nor ignore values {list(self.ignore_values)}); "
                                  "name them in ignore_values, or pass unknown='ignore', to treat them as dontcare "
-                                 "(gaugan-train: --ignore-values, --unknown ignore)")
+                                 "(gaugan-train, gaugan-evaluate: --ignore-values, --unknown ignore)")
             ids[unknown] = IGNORE_INDEX
         return ids.astype(np.uint8)
 

@@ -17,7 +17,7 @@ import torch, torch.nn.functional as F
 from PIL import Image
 from fastcore.basics import patch, store_attr, first, ifnone
 from .core import *
-from .data import (IGNORE_INDEX, LabelReader, ImageReader, semantic_input, onehot_channels, save_geotiff,
+from .data import (IGNORE_INDEX, LabelReader, ImageReader, DecodeOnce, semantic_input, onehot_channels, save_geotiff,
                                 pixel_size_m, read_raster, GEOTIFF_SUFFIXES)
 from .learner import *
 from .checkpoints import CHECKPOINT_FORMAT, atomic_save
@@ -216,7 +216,8 @@ def training_georef(samples:list # training items; those that are not georeferen
 def synthesizer(self:GauGANLearner)->GauGANSynthesizer:
     "The learner's `inference_generator` (its weight average, if it keeps one) as a `GauGANSynthesizer`, sharing its weights."
     tls = getattr(self.dls.train_ds, 'tls', None) # `None` for in-memory data without files
-    reader = None if tls is None else first(t for t in tls[0].tfms.fs if isinstance(t, LabelReader))
+    readers = [] if tls is None else [t.read if isinstance(t, DecodeOnce) else t for t in tls[0].tfms.fs]  # `cache=True` wraps it
+    reader = first(t for t in readers if isinstance(t, LabelReader))
     average = self.model.average
     return GauGANSynthesizer(self.inference_generator(), self.dls.codes, self.dls.palette, self.settings,
                              device=next(self.model.generator.parameters()).device, label_reader=reader,

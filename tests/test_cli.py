@@ -136,7 +136,7 @@ def test_unlabeled_pixels_and_other_values(tmp_path):
     tiny = dict(codes=codes, values=[1, 2, 3], epochs=1, size=32, bs=4, ngf=8, ndf=8, vae=False, vgg=False, workers=0, device='cpu')
     with pytest.raises(CliError, match=r"labels/\d\.png: label values \[0\] are not among the class values \[1, 2, 3\].*--ignore-values, --unknown ignore"):
         gaugan_train(str(tmp_path/'data'), out=str(tmp_path/'none.pth'), checkpoints=str(tmp_path/'c0'), **tiny)
-    for option, model in ((dict(ignore_values=[0]), 'ignored.pth'), (dict(unknown='ignore'), 'unknown.pth')):
+    for option, model in ((dict(ignore_values=[0], cache=True), 'ignored.pth'), (dict(unknown='ignore'), 'unknown.pth')):  # --cache: the model still records how labels were read
         gaugan_train(str(tmp_path/'data'), out=str(tmp_path/model), checkpoints=str(tmp_path/model.replace('.pth', '')), **option, **tiny)
     reader = load_synthesizer(tmp_path/'ignored.pth', 'cpu').label_reader
     assert (list(reader.ignore_values), reader.unknown) == ([0], 'error')
