@@ -196,7 +196,7 @@ CHECKPOINT_FORMAT = 'gaugan_fastai.checkpoint/1'
 # run had: a checkpoint that lacks one was trained with that value.
 ADDED_SETTINGS = {'model': {'spade_hidden': 128}}
 
-def with_added_settings(fingerprint:dict, # a checkpoint's or a run's fingerprint
+def with_added_settings(fingerprint:dict, # a checkpoint's fingerprint
                         parts:list # the parts to keep, e.g. ['model', 'data']
                        )->dict:
     "`fingerprint`'s `parts`, with `ADDED_SETTINGS` where it lacks them (so an older checkpoint compares as what it was)."
@@ -361,7 +361,7 @@ def resume(self:SaveCheckpointCallback)->int:
     for fn in reversed(files):
         try:
             state = load_checkpoint(fn)
-            diffs = fingerprint_differences(*(with_added_settings(f, list(want)) for f in (state['fingerprint'], want)))
+            diffs = fingerprint_differences(with_added_settings(state['fingerprint'], list(want)), want)
             if diffs: raise ValueError(f"saved with other settings ({'; '.join(diffs)})")
         except ValueError as e:
             refused.setdefault(str(e).replace(str(fn), 'it'), []).append(fn); continue
