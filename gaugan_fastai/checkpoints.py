@@ -23,7 +23,8 @@ from .data import Sample
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'ADDED_SETTINGS', 'atomic_save', 'unfinished_saves', 'writable_folder', 'writable_file',
            'CheckpointError', 'FolderLock', 'files_digest', 'data_fingerprint', 'schedule_fingerprint',
-           'fingerprint_differences', 'with_added_settings', 'load_checkpoint', 'SaveCheckpointCallback']
+           'fingerprint_differences', 'with_added_settings', 'load_checkpoint', 'checkpoint_files',
+           'SaveCheckpointCallback', 'newest_run_settings']
 
 # %% ../nbs/08b_checkpoints.ipynb #caf15b3b
 def atomic_save(obj, # what `torch.save` writes
@@ -223,6 +224,15 @@ def _epoch_of(fn, fname)->int|None:
     head, _, n = Path(fn).stem.rpartition('_')
     return int(n) if head == fname and n.isdigit() else None
 
+def checkpoint_files(folder:Path|str, # a checkpoint folder
+                     fname:str='gaugan' # the run's name: its checkpoints are `{fname}_{epoch}.pth`
+                    )->list:
+    "The run's checkpoint files in `folder`, oldest epoch first (none where `folder` does not exist)."
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir(): raise NotADirectoryError(f"checkpoint folder {folder} is a file, not a folder")
+    found = [(e, f) for f in folder.glob(f'{fname}_*.pth') if (e := _epoch_of(f, fname)) is not None]
+    return [f for _, f in sorted(found)]
+
 def _names(files)->str:
     names = [Path(f).name for f in files]
     return ', '.join(names) if len(names) <= 3 else f"{names[0]} .. {names[-1]} ({len(names)} files)"
@@ -242,9 +252,7 @@ class SaveCheckpointCallback(Callback):
 
     def files(self)->list:
         "This run's checkpoint files in the folder, oldest epoch first."
-        if self.folder.exists() and not self.folder.is_dir(): raise NotADirectoryError(f"checkpoint folder {self.folder} is a file, not a folder")
-        found = [(e, f) for f in self.folder.glob(f'{self.fname}_*.pth') if (e := _epoch_of(f, self.fname)) is not None]
-        return [f for _, f in sorted(found)]
+        return checkpoint_files(self.folder, self.fname)
 
     def fingerprint(self)->dict:
         "The model's settings and the data's identity (a fit adds its schedule)."
@@ -375,3 +383,13 @@ def resume(self:SaveCheckpointCallback)->int:
         return state['epoch'] + 1
     raise CheckpointError(f"No usable checkpoint in {self.folder}: " +
                           '; '.join(f"{_names(reversed(fs))}: {reason}" for reason, fs in refused.items()))
+
+# %% ../nbs/08b_checkpoints.ipynb #b1e4a7c1
+def newest_run_settings(folder:Path|str, # a checkpoint folder
+                        fname:str='gaugan' # the run's name: its checkpoints are `{fname}_{epoch}.pth`
+                       )->dict|None:
+    "The model and training settings recorded by the newest checkpoint in `folder` that reads, else `None`."
+    for fn in reversed(checkpoint_files(folder, fname)):
+        try: return with_added_settings(load_checkpoint(fn)['fingerprint'], ['model'])['model']
+        except ValueError: continue
+    return None
