@@ -19,7 +19,7 @@ from .core import *
 from .data import GEOTIFF_SUFFIXES, read_georef
 from .formats import DATA_FORMATS, detect_format, data_loaders
 from .learner import gaugan_learner, conditional_generator, critic_args_of, GAN_STEPS, NonFiniteLossError
-from .checkpoints import CheckpointError, writable_file, writable_folder
+from .checkpoints import CheckpointError, writable_file, writable_folder, newest_run_settings
 from .distributed import num_processes, launched_process_group, main_process_output
 from .losses import VGGLoss
 from .inference import load_synthesizer, save_image
@@ -77,7 +77,7 @@ def gaugan_train(
     steps:Annotated[str, {'choices': GAN_STEPS}]=_learner['steps'], # each batch trains one network (alternate) or both (paired; paired_reuse: the critic judges the generator step's images; critic_first: one generator pass for both steps)
     ema:float=_learner['ema'], # decay of an average of the generator's weights, exported for inference (e.g. 0.999; default: none)
     arch:Annotated[str, {'choices': _ARCHS}]='spade', # generator: SPADE (GauGAN), CLADE or the pix2pix U-Net
-    precision:Annotated[str, {'choices': ['auto', *_PRECISIONS]}]='fp32', # training precision; auto: bf16 where the hardware computes it natively
+    precision:Annotated[str, {'choices': ['auto', *_PRECISIONS]}]='auto', # training precision; auto: bf16 where the hardware computes it natively, else fp32 (with --resume: the run's own)
     ngf:int=_generator['ngf'], # generator width
     ndf:int=_critic['ndf'], # discriminator width
     spade_hidden:int=_generator['spade_hidden'], # channels of each SPADE layer's hidden conv (the reference's 128; smaller is cheaper)
@@ -102,7 +102,9 @@ def gaugan_train(
         dls = data_loaders(data, format, size=size, bs=bs, seed=seed, num_workers=workers, cache=cache, device=get_device(device),
                            **given(codes=codes, values=values, ignore_values=ignore_values, unknown=unknown,
                                          valid_pct=valid_pct, valid_names=valid_names))
-        if precision == 'auto': precision = fast_precision(dls.device)
+        if precision == 'auto':  # a resumed run goes on in its own precision; a new one takes the hardware's fastest
+            saved = newest_run_settings(checkpoints) if resume else None
+            precision = saved['precision'] if saved else fast_precision(dls.device)
         if vgg and arch != 'pix2pix':
             try: vgg = VGGLoss(lambda_vgg=_learner['lambda_vgg'], weights_path=vgg_weights)
             except RuntimeError as e: raise ValueError(f"{e} On the command line: --vgg-weights FILE, or --no-vgg.") from e
