@@ -14,6 +14,14 @@ the results do not depend on other processes.
   python nbs/results/facades_race.py segmenter                  # train the yardstick's segmenter (score does when needed)
   python nbs/results/facades_race.py score                      # every run by the yardstick -> nbs/results/facades_race.json, nbs/images/facades_race.png
 
+The same settings can also be compared at the same number of epochs rather than the same time (`train --epochs N`), and
+scored into another results file (`score --results NAME`: nbs/results/NAME.json, nbs/images/NAME.png), e.g. float32
+against bfloat16 (what bfloat16's rounding costs, apart from its speed), in a --work folder of their own:
+
+  python nbs/results/facades_race.py train init_pytorch_ttur_off --epochs 6 --seed S --work W  # S: 0, then 1
+  python nbs/results/facades_race.py train init_pytorch_ttur_off_fp32 --epochs 6 --seed S --work W
+  python nbs/results/facades_race.py score --work W --results precision_race   # as 09e_fast shows them
+
 Runs, the calibration, the segmenter and the reference's files live in --work (default ~/.cache/gaugan_fastai/race);
 nothing of the data set is written into the repository. The reference is only run, never copied: its license
 (CC BY-NC-SA) is not ours.
@@ -25,8 +33,6 @@ import numpy as np, torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO/'nbs'/'results'/'facades_race.json'
-PICTURES = REPO/'nbs'/'images'/'facades_race.png'
 MINUTES = 5 # the budget of every run: minutes of one core's CPU time, one torch thread (`--minutes`)
 SIZE, BS, NGF, NDF, EMA = 64, 8, 16, 16, 0.999
 BASE = dict(precision='bf16', schedule='fit_flat_cos', lr=2e-3, steps='alternate', ttur=(0.5, 2.), init_type='xavier')
@@ -38,6 +44,7 @@ SETTINGS = { # name -> what differs from BASE (the Facades tutorial's CPU recipe
     'paired_reuse': dict(steps='paired_reuse'), # ... the critic judging the generator step's images
     'ttur_off': dict(ttur=(1., 1.)), # one learning rate for both networks instead of the reference's TTUR (lr/2, 2 lr)
     'init_pytorch_ttur_off': dict(init_type=None, ttur=(1., 1.)), # both of the above
+    'init_pytorch_ttur_off_fp32': dict(init_type=None, ttur=(1., 1.), precision='fp32'), # ... in float32, not bfloat16
 }
 
 def setting(name:str)->dict:
@@ -142,7 +149,7 @@ def train(args):
     from gaugan_fastai.all import set_seed
     s = setting(args.name)
     run = args.work/'runs'/f'{args.name}_seed{args.seed}'
-    epochs = budget_epochs(args.work, speed_key(s), args.minutes)
+    epochs = args.epochs or budget_epochs(args.work, speed_key(s), args.minutes)
     set_seed(args.seed)
     learn = learner(s, facades_dls(args.seed))
     start = time.process_time()
@@ -152,7 +159,8 @@ def train(args):
     raw = copy.copy(learn.synthesizer()) # the trained weights themselves, next to their average
     raw.generator, raw.ema = learn.model.generator, None
     raw.save(run/'raw.pth')
-    (run/'run.json').write_text(json.dumps(dict(name=args.name, seed=args.seed, setting=s, minutes=args.minutes, epochs=epochs,
+    (run/'run.json').write_text(json.dumps(dict(name=args.name, seed=args.seed, setting=s,
+        minutes=None if args.epochs else args.minutes, epochs=epochs,
         steps=int(learn.train_iter), train_cpu_seconds=seconds, machine=machine()), indent=1))
     print(f"{args.name} seed {args.seed}: {epochs} epochs, {learn.train_iter} steps in {seconds / 60:.1f} CPU min")
 
@@ -216,15 +224,14 @@ def score(args):
             columns[textwrap.fill(info['name'].replace('_', ' '), 13)] = variants['ema' if 'ema' in variants else 'reference']()(labels, seed=0)
         rows += run_rows
         for r in run_rows: print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != 'setting'}, flush=True)
-    cal = calibration(args.work)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(dict(setup=dict(size=SIZE, bs=BS, ngf=NGF, ndf=NDF, use_vae=False, vgg=False,
+    cal, results, pictures = calibration(args.work), REPO/'nbs'/'results'/f'{args.results}.json', REPO/'nbs'/'images'/f'{args.results}.png'
+    results.write_text(json.dumps(dict(setup=dict(size=SIZE, bs=BS, ngf=NGF, ndf=NDF, use_vae=False, vgg=False,
         ema=EMA, base=BASE), machine=machine(), calibration=cal, rows=rows), indent=1))
-    print(f"written {RESULTS}")
+    print(f"written {results}")
     from gaugan_fastai.all import show_samples
     fig = show_samples(labels, {**columns, 'real': real}, dls.palette, max_n=4, figsize=(1.2 * (len(columns) + 2), 1.3 * 4))
-    fig.savefig(PICTURES, dpi=72, bbox_inches='tight')
-    print(f"written {PICTURES}: the first held-out label maps, the images of each setting's seed-0 run (its weight average where it has one), the photos")
+    fig.savefig(pictures, dpi=72, bbox_inches='tight')
+    print(f"written {pictures}: the first held-out label maps, the images of each setting's seed-0 run (its weight average where it has one), the photos")
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,6 +241,8 @@ if __name__ == '__main__':
     ap.add_argument('--work', type=Path, default=Path.home()/'.cache'/'gaugan_fastai'/'race')
     ap.add_argument('--reference', type=Path, help='a NVlabs/SPADE checkout (calibrate, reference)')
     ap.add_argument('--minutes', type=float, default=MINUTES, help="the budget of a run: minutes of one core's CPU time")
+    ap.add_argument('--epochs', type=int, help='train: this many epochs, instead of what the budget allows')
+    ap.add_argument('--results', default='facades_race', help='score: the name of the results file and of the picture')
     ap.add_argument('--python', default=sys.executable, help="the reference's Python (with its requirements: dominate, dill)")
     ap.add_argument('--threads', type=int, default=1, help='torch threads (of the reference too)')
     args = ap.parse_args()
