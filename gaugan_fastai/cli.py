@@ -60,6 +60,7 @@ def user_errors(command:str # the command's name, which starts the message
 _learner, _demo, _bench = defaults_of(gaugan_learner), defaults_of(run_demo), defaults_of(bench_gaugan)
 _generator, _critic = defaults_of(conditional_generator), critic_args_of()
 _ARCHS, _PRECISIONS = ['spade', 'clade', 'pix2pix'], ['fp32', 'bf16', 'fp16']
+_RUN_NAME = 'gaugan'  # gaugan-train's checkpoints are {_RUN_NAME}_{epoch}.pth
 
 # %% ../nbs/15_cli.ipynb #11550462
 @call_parse
@@ -103,14 +104,14 @@ def gaugan_train(
                            **given(codes=codes, values=values, ignore_values=ignore_values, unknown=unknown,
                                          valid_pct=valid_pct, valid_names=valid_names))
         if precision == 'auto':  # a resumed run goes on in its own precision; a new one takes the hardware's fastest
-            saved = newest_run_settings(checkpoints) if resume else None
-            precision = saved['precision'] if saved else fast_precision(dls.device)
+            saved = newest_run_settings(checkpoints, _RUN_NAME) if resume else None
+            precision = (saved or {}).get('precision') or fast_precision(dls.device)
         if vgg and arch != 'pix2pix':
             try: vgg = VGGLoss(lambda_vgg=_learner['lambda_vgg'], weights_path=vgg_weights)
             except RuntimeError as e: raise ValueError(f"{e} On the command line: --vgg-weights FILE, or --no-vgg.") from e
         learn = gaugan_learner(dls, arch=arch, ngf=ngf, ndf=ndf, spade_hidden=spade_hidden, use_vae=vae, vgg=vgg, lr=lr,
                                steps=steps, ema=ema, precision=precision,
-                               checkpoint='gaugan', path=Path(checkpoints).absolute(), model_dir='.')
+                               checkpoint=_RUN_NAME, path=Path(checkpoints).absolute(), model_dir='.')
         start = learn.resume() if resume else 0
         n = num_processes()
         print(f"Training {arch} on {len(dls.train_ds)} samples of {data} ({format} layout), {size}x{size}, "

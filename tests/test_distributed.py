@@ -107,7 +107,7 @@ def free_port()->int:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
-TINY = ['--size', 32, '--bs', 2, '--ngf', 4, '--ndf', 8, '--no-vgg', '--workers', 0, '--device', 'cpu']
+TINY = ['--size', 32, '--bs', 2, '--ngf', 4, '--ndf', 8, '--no-vgg', '--precision', 'fp32', '--workers', 0, '--device', 'cpu']
 
 def test_gaugan_train_under_torchrun_then_resumed_under_accelerate(land):
     "Two epochs under torchrun; epoch 1's checkpoint removed (a kill during epoch 1); resumed under accelerate launch."

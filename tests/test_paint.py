@@ -56,7 +56,7 @@ def work(tmp_path_factory):
     d = tmp_path_factory.mktemp('paint')
     make_landcover_demo(d/'data', n=32, size=64)
     run('gaugan-train', 'data', '--size', '64', '--bs', '8', '--ngf', '16', '--ndf', '16', '--no-vae', '--no-vgg',
-        '--epochs', '20', '--lr', '2e-3', '--workers', '0', '--device', 'cpu', '--out', 'model.pth', cwd=d)
+        '--epochs', '20', '--lr', '2e-3', '--precision', 'fp32', '--workers', '0', '--device', 'cpu', '--out', 'model.pth', cwd=d)
     return d
 
 @contextmanager
