@@ -44,7 +44,7 @@ def autocast_dtype(device:str|torch.device|None=None # the device that will comp
                   )->torch.dtype:
     "The 16-bit dtype to autocast to on `device`: bfloat16 where supported, else float16."
     device = get_device(device)
-    if device.type == 'cuda' and not torch.cuda.is_bf16_supported(): return torch.float16
+    if device.type == 'cuda' and not torch.cuda.is_bf16_supported(including_emulation=False): return torch.float16  # before Ampere
     return torch.bfloat16
 
 # %% ../nbs/00_core.ipynb #e8811516

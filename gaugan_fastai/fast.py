@@ -28,7 +28,7 @@ def fast_bf16(device:str|torch.device|None=None # the device that will compute (
              )->bool:
     "Whether `device` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX or AVX512-BF16."
     device = get_device(device)
-    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    if device.type == 'cuda': return torch.cuda.is_bf16_supported(including_emulation=False)  # not GPUs that only emulate it (before Ampere)
     if device.type == 'cpu': return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     return False
 
