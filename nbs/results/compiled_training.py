@@ -2,19 +2,21 @@
 the generator and the critic of the learner's fast path, against the same learner run eagerly.
 
 The VGG network of the loss is not compiled: under autocast `VGGLoss` computes with a copy made in the compute dtype,
-and compiling the loss module whole breaks its graph at that copy. Two parts:
+and compiling the loss module whole breaks its graph at that copy. Two parts, in this order:
 
-- **the same math**: a small learner (32x32, batch 4, `ngf` 8, `ndf` 16, VGG with random weights, no style encoder,
-  float32, `steps='critic_first'`), eager and compiled from the same seed. With the learning rate at 0, the loss and
-  the parameter gradients of the first critic step and of the first generator step (the critic step cannot change
-  what the generator step sees). With the learning rate at 2e-4, the largest difference of a parameter after 3 batches,
-  in each network's learning rate (TTUR's), next to the same eager learner with contiguous tensors instead of
-  channels-last: a change of rounding alone, as the yardstick of how far rounding carries in 3 steps of Adam.
-- **speed**: on the issue's setup (64x64, batch 8, `ngf` 16, `ndf` 64, VGG on, no encoder, 8 classes, synthetic
-  batches in memory), for the fast path in the precision this machine trains in (`fast_precision`) with
-  `steps='critic_first'`: an eager and a compiled learner in one process. First each trains one epoch (the compiled
-  one compiles then: its time, in a fresh inductor cache, is the cost of compiling), then `--rounds` rounds in which
-  each trains a short epoch (3 iterations) in turn.
+- **speed**: on the issue's setup (`SPEED_SETUP`: 64x64, batch 8, `ngf` 16, `ndf` 64, VGG with random weights, no
+  style encoder, 8 classes, synthetic batches in memory), for the fast path in the precision this machine trains in
+  (`fast_precision`) with `steps='critic_first'`: an eager and a compiled learner in one process. First each trains
+  one epoch of 3 batches (the compiled one compiles then, the first compilation of this process, in a fresh inductor
+  cache), then `--rounds` rounds in which each trains such an epoch in turn. Each batch is a critic step and a
+  generator step.
+- **the same math**: a small learner (`SMALL_SETUP`: 32x32, batch 4, `ngf` 8, `ndf` 16, VGG with random weights, no
+  style encoder, 5 classes, float32, `steps='critic_first'`), eager and compiled from the same seed. With the
+  learning rate at 0 (no step moves a weight, so both runs' steps see the same networks), the loss and the parameter
+  gradients of the first critic step and of the first generator step. With the learning rate at 2e-4, after 3
+  batches: the largest difference of a parameter, also in the network's learning rate (TTUR's), and of a buffer
+  (batch-norm statistics, spectral-norm vectors), next to the same eager learner with contiguous tensors instead of
+  channels-last: a change of rounding alone, as the yardstick of how far rounding carries in 3 steps.
 
   python nbs/results/compiled_training.py [--rounds 6]
 
@@ -25,22 +27,40 @@ import argparse, json, os, platform, statistics, tempfile, time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent/'compiled_training.json'
-SETUP = dict(size=64, bs=8, ngf=16, use_vae=False, vgg=True, device='cpu')
+SPEED_SETUP = dict(size=64, bs=8, ngf=16, ndf=64, n_classes=8, use_vae=False, device='cpu')
+SMALL_SETUP = dict(size=32, bs=4, ngf=8, ndf=16, n_classes=5, use_vae=False, device='cpu', precision='fp32')
+STEPS = 'critic_first'
 
-def compile_networks(learn):
-    "Compile `learn`'s generator network and critic in place (`nn.Module.compile`)."
-    learn.model.generator.net.compile(); learn.model.critic.compile()
-    return learn
-
-def small_learner(compiled:bool, n_batches:int, **kwargs):
-    "A small float32 learner, the same weights and batches every call."
+def learner(setup:dict, n_batches:int, compiled:bool, **kwargs):
+    "A learner on synthetic batches of `setup`, VGG with random weights, no checkpoints; its generator network and critic compiled in place if `compiled`."
     from gaugan_fastai.bench import synthetic_dls
     from gaugan_fastai.learner import gaugan_learner
     from gaugan_fastai.losses import VGGLoss
-    dls = synthetic_dls(n_classes=5, size=32, bs=4, n_batches=n_batches, device='cpu')
-    learn = gaugan_learner(dls, ngf=8, ndf=16, use_vae=False, vgg=VGGLoss(pretrained=False), precision='fp32',
-                           checkpoint=None, steps='critic_first', **kwargs)
-    return compile_networks(learn) if compiled else learn
+    s = dict(setup)
+    dls = synthetic_dls(s.pop('n_classes'), s.pop('size'), s.pop('bs'), n_batches, s.pop('device'))
+    learn = gaugan_learner(dls, vgg=VGGLoss(pretrained=False), checkpoint=None, steps=STEPS, **s, **kwargs)
+    if compiled: learn.model.generator.net.compile(); learn.model.critic.compile()
+    return learn
+
+def epoch_seconds(learn, **kwargs)->float:
+    "Wall-clock seconds of one epoch of `learn` (`kwargs`: passed to `fit`)."
+    t0 = time.perf_counter()
+    with learn.no_logging(), learn.no_bar(): learn.fit(1, **kwargs)
+    return time.perf_counter() - t0
+
+def speed(rounds:int, n_batches:int=3)->dict:
+    from gaugan_fastai.fast import fast_precision
+    precision, learners, first_epoch_s = fast_precision('cpu'), {}, {}
+    for name in ('eager', 'compiled'):
+        learners[name] = learner(SPEED_SETUP, n_batches, name == 'compiled', precision=precision)
+        first_epoch_s[name] = round(epoch_seconds(learners[name]), 1)
+        print(f"{name}: first epoch {first_epoch_s[name]} s", flush=True)
+    runs = {name: [] for name in learners}
+    for r in range(rounds):
+        for name, learn in learners.items(): runs[name].append(round(n_batches * SPEED_SETUP['bs'] / epoch_seconds(learn), 3))
+        print(f"round {r + 1}: " + ', '.join(f"{n} {v[-1]:.2f}" for n, v in runs.items()), flush=True)
+    return {'setup': SPEED_SETUP, 'precision': precision, 'steps': STEPS, 'batches_per_epoch': n_batches,
+            'first_epoch_s': first_epoch_s, 'images_per_s': runs, 'median': {n: statistics.median(v) for n, v in runs.items()}}
 
 def first_steps(compiled:bool)->dict:
     "Network name -> (loss, all parameter gradients) of the first step of each network, with the learning rate at 0."
@@ -55,61 +75,42 @@ def first_steps(compiled:bool)->dict:
             grads = [p.grad.float().flatten() for p in getattr(self.model, net).parameters() if p.grad is not None]
             self.seen.setdefault(net, (self.loss.detach().float(), torch.cat(grads)))
     with seeded(0):
-        learn, cb = small_learner(compiled, 2), FirstSteps()
-        with learn.no_logging(), learn.no_bar(): learn.fit(1, lr=0., cbs=cb)
+        learn, cb = learner(SMALL_SETUP, 2, compiled), FirstSteps()
+        epoch_seconds(learn, lr=0., cbs=cb)
     return cb.seen
 
-def trained_parameters(compiled:bool, **kwargs)->dict:
-    "Network name -> (its parameters flattened after 3 batches at a learning rate of 2e-4, its learning rate under TTUR)."
-    import torch
+def trained_state(compiled:bool, **kwargs)->dict:
+    "Network name -> (its parameters, its buffers, its learning rate under TTUR) after 3 batches at a learning rate of 2e-4."
     from gaugan_fastai.core import seeded
     with seeded(0):
-        learn = small_learner(compiled, 3, **kwargs)
-        with learn.no_logging(), learn.no_bar(): learn.fit(1, lr=2e-4)
-    return {net: (torch.cat([p.detach().float().flatten() for p in getattr(learn.model, net).parameters()]), 2e-4 * mult)
+        learn = learner(SMALL_SETUP, 3, compiled, **kwargs)
+        epoch_seconds(learn, lr=2e-4)
+    return {net: ({k: p.detach().float() for k, p in getattr(learn.model, net).named_parameters()},
+                  {k: b.detach().float() for k, b in getattr(learn.model, net).named_buffers() if b.is_floating_point()}, 2e-4 * mult)
             for net, mult in zip(('generator', 'critic'), learn.ttur.mults)}
 
 def rel_err(a, b)->float:
     "Largest difference between tensors `a` and `b`, relative to the largest `b`."
     return float((a - b).abs().max() / b.abs().max())
 
+def largest_difference(a:dict, b:dict)->tuple:
+    "(largest absolute difference, the name of its tensor) between the same-named tensors of `a` and `b`."
+    return max((float((a[k] - b[k]).abs().max()), k) for k in a)
+
 def same_math()->dict:
     eager, compiled = first_steps(False), first_steps(True)
-    out = {f'{net} first step, lr 0': {'loss': rel_err(compiled[net][0], eager[net][0]),
-                                       'gradients': rel_err(compiled[net][1], eager[net][1])} for net in ('critic', 'generator')}
-    eager_params = trained_parameters(False)
-    for name, params in (('compiled vs eager', trained_parameters(True)),
-                         ('contiguous vs channels-last, both eager', trained_parameters(False, channels_last=False))):
-        out[f'parameters after 3 batches, lr 2e-4: {name}'] = {
-            net: {'largest difference': float((p - eager_params[net][0]).abs().max()), 'in learning rates': float((p - eager_params[net][0]).abs().max() / lr)}
-            for net, (p, lr) in params.items()}
+    out = {'setup': SMALL_SETUP, 'steps': STEPS}
+    for net in ('critic', 'generator'):
+        out[f'{net} first step, lr 0'] = {'loss': rel_err(compiled[net][0], eager[net][0]), 'gradients': rel_err(compiled[net][1], eager[net][1])}
+    eager_state = trained_state(False)
+    for name, state in (('compiled vs eager', trained_state(True)),
+                        ('contiguous vs channels-last, both eager', trained_state(False, channels_last=False))):
+        out[f'after 3 batches, lr 2e-4: {name}'] = part = {}
+        for net, (params, buffers, lr) in state.items():
+            (p_diff, _), (b_diff, b_name) = largest_difference(params, eager_state[net][0]), largest_difference(buffers, eager_state[net][1])
+            part[net] = {'largest parameter difference': p_diff, 'in learning rates': p_diff / lr,
+                         'largest buffer difference': b_diff, 'in buffer': b_name}
     return out
-
-def images_per_s(learn, iters:int)->float:
-    "Train `learn` one epoch, return its training images/s (`iters` iterations of `bs` images)."
-    t0 = time.perf_counter()
-    with learn.no_logging(), learn.no_bar(): learn.fit(1)
-    return iters * SETUP['bs'] / (time.perf_counter() - t0)
-
-def speed(rounds:int, iters:int=3)->dict:
-    from gaugan_fastai.bench import synthetic_dls
-    from gaugan_fastai.learner import gaugan_learner
-    from gaugan_fastai.losses import VGGLoss
-    from gaugan_fastai.fast import fast_precision
-    precision, learners, first_epoch_s = fast_precision('cpu'), {}, {}
-    for name in ('eager', 'compiled'):
-        dls = synthetic_dls(8, SETUP['size'], SETUP['bs'], iters, SETUP['device'])
-        learn = gaugan_learner(dls, ngf=SETUP['ngf'], use_vae=SETUP['use_vae'], vgg=VGGLoss(pretrained=False), checkpoint=None,
-                               precision=precision, steps='critic_first')
-        learners[name] = compile_networks(learn) if name == 'compiled' else learn
-        t0 = time.perf_counter(); images_per_s(learners[name], iters); first_epoch_s[name] = round(time.perf_counter() - t0, 1)
-        print(f"{name}: first epoch {first_epoch_s[name]} s", flush=True)
-    runs = {name: [] for name in learners}
-    for r in range(rounds):
-        for name, learn in learners.items(): runs[name].append(round(images_per_s(learn, iters), 3))
-        print(f"round {r + 1}: " + ', '.join(f"{n} {v[-1]:.2f}" for n, v in runs.items()), flush=True)
-    return {'precision': precision, 'steps': 'critic_first', 'first_epoch_s': first_epoch_s, 'images_per_s': runs,
-            'median': {n: statistics.median(v) for n, v in runs.items()}}
 
 def cpu_name()->str:
     "The CPU's model name as Linux reports it (the architecture elsewhere)."
@@ -121,11 +122,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--rounds', type=int, default=6)
     a = ap.parse_args()
-    os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp()  # a fresh cache: the first epoch pays the whole compilation
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp()  # a fresh cache: the first compiled epoch pays the whole compilation
     import torch
-    out = {'setup': SETUP, 'date': time.strftime('%Y-%m-%d'),
-           'machine': f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-           'same_math': same_math(), 'speed': speed(a.rounds)}
+    out = {'date': time.strftime('%Y-%m-%d'), 'machine': f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+           'speed': speed(a.rounds), 'same_math': same_math()}
     RESULTS.write_text(json.dumps(out, indent=1) + '\n')
     print(json.dumps(out['same_math'], indent=1)); print(f"wrote {RESULTS}")
 
